@@ -1,0 +1,3 @@
+// Copyright 2026 The vmrun Authors
+// SPDX-License-Identifier: Apache-2.0
+//! The sandbox library shared by the `vmrun` CLI and the containerd shim.
