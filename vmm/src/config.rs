@@ -1,0 +1,384 @@
+// Copyright 2026 The vmrun Authors
+// SPDX-License-Identifier: Apache-2.0
+//! VM configuration: plain serde data plus [`VmConfig::validate`].
+//!
+//! The same struct is filled from the command line (`main.rs`) or read from a JSON file
+//! (`--config FILE.json`); live objects never parse user input themselves.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Maximum number of vCPUs (the MP table and the APIC id layout are sized for it).
+pub const MAX_VCPUS: u8 = 32;
+/// Smallest accepted guest memory size in MiB.
+pub const MIN_MEMORY_MIB: u64 = 8;
+/// Largest accepted guest memory size in MiB (1 TiB); the host check comes on top.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Maximum number of virtio-mmio devices (the MMIO window and the IOAPIC pins 5..=23).
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// The lowest CID a guest may use (0, 1 and 2 are reserved by virtio-vsock).
+pub const MIN_GUEST_CID: u64 = 3;
+/// Default guest CID (the project's contract).
+pub const DEFAULT_GUEST_CID: u64 = 3;
+/// Kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule";
+
+/// Errors from reading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The JSON file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The JSON file is not a valid configuration.
+    #[error("invalid config file {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A field has a value outside its range.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Field name as in the JSON file.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `--block` argument could not be parsed.
+    #[error("invalid block device spec {spec:?}: {reason}")]
+    BlockSpec {
+        /// The argument as given.
+        spec: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A `--serial` argument could not be parsed.
+    #[error("invalid serial output {0:?}: expected stdout, none or a file path")]
+    Serial(String),
+}
+
+/// Where the guest's COM1 output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SerialOutput {
+    /// The VMM's stdout (flushed per write).
+    Stdout,
+    /// Discarded.
+    None,
+    /// Appended to a file (created if missing).
+    File(PathBuf),
+}
+
+impl FromStr for SerialOutput {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "none" => Ok(Self::None),
+            "" => Err(ConfigError::Serial(s.to_string())),
+            path => Ok(Self::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl TryFrom<String> for SerialOutput {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<SerialOutput> for String {
+    fn from(s: SerialOutput) -> Self {
+        match s {
+            SerialOutput::Stdout => "stdout".to_string(),
+            SerialOutput::None => "none".to_string(),
+            SerialOutput::File(p) => p.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// A virtio-vsock device with the Firecracker-compatible hybrid Unix-socket back-end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The Unix socket the VMM listens on for host-initiated connections; guest-initiated
+    /// connections to CID 2 port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+    /// The guest's context id.
+    #[serde(default = "default_cid")]
+    pub guest_cid: u64,
+}
+
+fn default_cid() -> u64 {
+    DEFAULT_GUEST_CID
+}
+
+/// A file-backed virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockConfig {
+    /// Backing file or block device.
+    pub path: PathBuf,
+    /// Offer `VIRTIO_BLK_F_RO` and refuse writes.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Device id returned by `VIRTIO_BLK_T_GET_ID` (at most 20 bytes); defaults to the file name.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl FromStr for BlockConfig {
+    type Err = ConfigError;
+
+    /// Parses `PATH[,ro][,id=ID]`.
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ConfigError::BlockSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let mut parts = spec.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or(err("empty path"))?;
+        let mut cfg = BlockConfig {
+            path: PathBuf::from(path),
+            read_only: false,
+            id: None,
+        };
+        for part in parts {
+            if part == "ro" {
+                cfg.read_only = true;
+            } else if let Some(id) = part.strip_prefix("id=") {
+                cfg.id = Some(id.to_string());
+            } else {
+                return Err(err("unknown option (expected ro or id=ID)"));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Everything needed to build one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: an ELF `vmlinux` (PVH note or 64-bit entry) or a `bzImage`.
+    pub kernel: PathBuf,
+    /// Optional initrd / initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; `virtio_mmio.device=` words are appended by the VMM.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Number of vCPUs, 1..=32.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Where COM1 output goes.
+    #[serde(default = "default_serial")]
+    pub serial: SerialOutput,
+    /// Feed stdin to COM1: `None` = only when stdin is a TTY, `Some(true)` = also a pipe or file.
+    #[serde(default)]
+    pub serial_stdin: Option<bool>,
+    /// Optional vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Block devices, in order.
+    #[serde(default)]
+    pub block: Vec<BlockConfig>,
+    /// Add a virtio-rng device.
+    #[serde(default)]
+    pub rng: bool,
+    /// Optional API socket path (JSON requests, mode 0600).
+    #[serde(default)]
+    pub api_sock: Option<PathBuf>,
+    /// Enter the kernel's 64-bit entry at CPL 3 (test-payload mode, see `docs/vmm.md`).
+    #[serde(default)]
+    pub test_payload: bool,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_memory() -> u64 {
+    128
+}
+fn default_serial() -> SerialOutput {
+    SerialOutput::Stdout
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: PathBuf) -> Self {
+        Self {
+            kernel,
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory(),
+            serial: default_serial(),
+            serial_stdin: None,
+            vsock: None,
+            block: Vec::new(),
+            rng: false,
+            api_sock: None,
+            test_payload: false,
+        }
+    }
+
+    /// Reads a JSON configuration file.
+    pub fn from_json_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Number of virtio-mmio devices this configuration asks for.
+    pub fn virtio_device_count(&self) -> usize {
+        self.block.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng)
+    }
+
+    /// Checks ranges and consistency (not the existence of files: building reports those).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return invalid("vcpus", format!("{} is not in 1..={MAX_VCPUS}", self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return invalid(
+                "memory_mib",
+                format!(
+                    "{} is not in {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                    self.memory_mib
+                ),
+            );
+        }
+        if self.virtio_device_count() > MAX_VIRTIO_DEVICES {
+            return invalid(
+                "block",
+                format!("at most {MAX_VIRTIO_DEVICES} virtio devices are supported"),
+            );
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < MIN_GUEST_CID || v.guest_cid > u64::from(u32::MAX) {
+                return invalid(
+                    "vsock.guest_cid",
+                    format!("{} is reserved or too large", v.guest_cid),
+                );
+            }
+            if v.uds_path.as_os_str().is_empty() {
+                return invalid("vsock.uds_path", "empty path".to_string());
+            }
+        }
+        for b in &self.block {
+            if let Some(id) = &b.id {
+                if id.len() > 20 {
+                    return invalid("block.id", format!("{id:?} is longer than 20 bytes"));
+                }
+            }
+        }
+        if self.cmdline.contains('\0') {
+            return invalid("cmdline", "contains a NUL byte".to_string());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_spec_parses_options() {
+        let b: BlockConfig = "/tmp/x.img,ro,id=disk0".parse().unwrap();
+        assert_eq!(b.path, PathBuf::from("/tmp/x.img"));
+        assert!(b.read_only);
+        assert_eq!(b.id.as_deref(), Some("disk0"));
+        let b: BlockConfig = "/tmp/y".parse().unwrap();
+        assert!(!b.read_only && b.id.is_none());
+        assert!("".parse::<BlockConfig>().is_err());
+        assert!("/x,rw".parse::<BlockConfig>().is_err());
+    }
+
+    #[test]
+    fn serial_output_parses() {
+        assert_eq!(
+            "stdout".parse::<SerialOutput>().unwrap(),
+            SerialOutput::Stdout
+        );
+        assert_eq!("none".parse::<SerialOutput>().unwrap(), SerialOutput::None);
+        assert_eq!(
+            "/tmp/log".parse::<SerialOutput>().unwrap(),
+            SerialOutput::File("/tmp/log".into())
+        );
+        assert!("".parse::<SerialOutput>().is_err());
+    }
+
+    #[test]
+    fn json_round_trip_and_defaults() {
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","vcpus":2,"serial":"none","block":[{"path":"/d","read_only":true}],
+                "vsock":{"uds_path":"/v.sock"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.vcpus, 2);
+        assert_eq!(cfg.memory_mib, 128);
+        assert_eq!(cfg.serial, SerialOutput::None);
+        assert_eq!(cfg.vsock.as_ref().unwrap().guest_cid, DEFAULT_GUEST_CID);
+        assert!(cfg.block[0].read_only);
+        cfg.validate().unwrap();
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), cfg);
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn validate_rejects_out_of_range() {
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.vcpus = 0;
+        assert!(cfg.validate().is_err());
+        cfg.vcpus = 33;
+        assert!(cfg.validate().is_err());
+        cfg.vcpus = 32;
+        cfg.validate().unwrap();
+        cfg.memory_mib = 1;
+        assert!(cfg.validate().is_err());
+        cfg.memory_mib = 64;
+        cfg.vsock = Some(VsockConfig {
+            uds_path: "/v".into(),
+            guest_cid: 2,
+        });
+        assert!(cfg.validate().is_err());
+        cfg.vsock = None;
+        cfg.block.push(BlockConfig {
+            path: "/d".into(),
+            read_only: false,
+            id: Some("x".repeat(21)),
+        });
+        assert!(cfg.validate().is_err());
+    }
+}
