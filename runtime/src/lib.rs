@@ -1,3 +1,7 @@
 // Copyright 2026 The vmrun Authors
 // SPDX-License-Identifier: Apache-2.0
 //! The sandbox library shared by the `vmrun` CLI and the containerd shim.
+
+pub mod cli;
+pub mod oci;
+pub mod state;
