@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Programs of the kit, by binary name.
-const PROGRAMS: &[&str] = &["boot", "mmio", "blk", "rng", "vsock", "bench", "tiny-pvh", "tiny-64"];
+const PROGRAMS: &[&str] = &[
+    "boot", "mmio", "blk", "rng", "vsock", "bench", "tiny-pvh", "tiny-64",
+];
 
 fn target_dir(out_dir: &Path) -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -38,12 +40,28 @@ fn main() {
     let kit_target = target_dir(&out_dir).join("guest-kit");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| String::from("cargo"));
 
-    for path in ["src", "tiny/src", "Cargo.toml", "Cargo.lock", "build.rs", "linker.ld", "tiny/Cargo.toml", "tiny/build.rs", "tiny/linker.ld"] {
+    for path in [
+        "src",
+        "tiny/src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "linker.ld",
+        "tiny/Cargo.toml",
+        "tiny/build.rs",
+        "tiny/linker.ld",
+    ] {
         println!("cargo:rerun-if-changed={}", kit.join(path).display());
     }
 
     let status = Command::new(&cargo)
-        .args(["build", "--release", "--locked", "--workspace", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--workspace",
+            "--manifest-path",
+        ])
         .arg(kit.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&kit_target)
@@ -56,11 +74,19 @@ fn main() {
         .env_remove("CARGO_PROFILE_RELEASE_LTO")
         .status()
         .unwrap_or_else(|e| panic!("cannot run {cargo} to build the guest kit: {e}"));
-    assert!(status.success(), "building the guest kit ({}) failed: {status}", kit.display());
+    assert!(
+        status.success(),
+        "building the guest kit ({}) failed: {status}",
+        kit.display()
+    );
 
     for name in PROGRAMS {
         let elf = kit_target.join("release").join(name);
-        assert!(elf.exists(), "guest kit program {} was not built", elf.display());
+        assert!(
+            elf.exists(),
+            "guest kit program {} was not built",
+            elf.display()
+        );
         let var = name.to_ascii_uppercase().replace('-', "_");
         println!("cargo:rustc-env=GUEST_ELF_{var}={}", elf.display());
     }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+pub mod vmm;
+
 /// How the host's `/dev/kvm` can run guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvmKind {
