@@ -36,9 +36,14 @@ pub fn guest_elf(name: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// The `vmrun-vmm` binary built alongside the running test or benchmark.
+/// The `vmrun-vmm` binary built alongside the running test (in `<profile>/deps`) or benchmark
+/// binary (in `<profile>` itself).
 pub fn vmm_bin() -> PathBuf {
-    host_bin("vmrun-vmm")
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("vmrun-vmm")))
+        .filter(|p| p.exists());
+    beside.unwrap_or_else(|| host_bin("vmrun-vmm"))
 }
 
 /// A private temporary directory, removed on drop.
