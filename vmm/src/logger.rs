@@ -16,7 +16,14 @@ struct StderrLogger;
 
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        // Other crates (virtio-queue, vm-memory) log guest-triggerable problems without a rate
+        // limit; show them only when debugging.
+        let level = if metadata.target().starts_with("vmrun_vmm") {
+            metadata.level()
+        } else {
+            metadata.level().max(log::Level::Debug)
+        };
+        level <= log::max_level()
     }
 
     fn log(&self, record: &log::Record<'_>) {

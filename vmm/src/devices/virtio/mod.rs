@@ -1,23 +1,264 @@
 // Copyright 2026 The vmrun Authors
 // SPDX-License-Identifier: Apache-2.0
-//! virtio-mmio devices.
+//! virtio devices (virtio 1.2) on the MMIO transport.
+//!
+//! A device implements [`VirtioDevice`] (identity, features, config space, activation) and
+//! `event_manager::MutEventSubscriber` (queue notifications and back-end fds, on the event-loop
+//! thread). The [`mmio::MmioTransport`] sits on the MMIO bus (vCPU threads) and hands the device
+//! its queues, guest memory and [`Interrupt`] when the driver sets DRIVER_OK.
+//!
+//! Devices are placed at `0xd0000000 + i·0x1000` with IRQ `5 + i`, in the order
+//! block devices, vsock, rng.
+
+pub mod block;
+pub mod mmio;
+pub mod queue_util;
+pub mod rng;
+// pub mod vsock;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::builder::{BuildContext, BuildError};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::builder::{BuildContext, BuildError, Subscriber};
 use crate::config::VmConfig;
+use crate::devices::irq::IrqLine;
 
-/// Creates the configured virtio devices.
+/// First virtio-mmio device's base address.
+pub const MMIO_BASE: u64 = 0xd000_0000;
+/// Size of each device's MMIO window.
+pub const MMIO_SIZE: u64 = 0x1000;
+/// First virtio device's IRQ.
+pub const IRQ_BASE: u32 = 5;
+/// Offset of the QueueNotify register (ioeventfd target).
+pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+/// VIRTIO_F_VERSION_1 (bit 32).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Device type: block.
+pub const TYPE_BLOCK: u32 = 2;
+/// Device type: entropy source.
+pub const TYPE_RNG: u32 = 4;
+/// Device type: socket.
+pub const TYPE_VSOCK: u32 = 19;
+
+/// InterruptStatus bit: a used buffer was added.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+/// InterruptStatus bit: configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
+
+/// The device → driver interrupt: the MMIO InterruptStatus bits plus the IRQ line.
+#[derive(Debug, Clone)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    irq: IrqLine,
+}
+
+impl Interrupt {
+    /// An interrupt on `irq` with a fresh status word.
+    pub fn new(irq: IrqLine) -> Self {
+        Self {
+            status: Arc::new(AtomicU32::new(0)),
+            irq,
+        }
+    }
+
+    /// Sets the used-buffer bit and raises the IRQ.
+    pub fn signal_used_queue(&self) {
+        self.signal(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Sets the config-change bit and raises the IRQ.
+    pub fn signal_config_change(&self) {
+        self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn signal(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irq.trigger() {
+            log::error!("cannot raise IRQ {}: {e}", self.irq.gsi());
+        }
+    }
+
+    /// Current InterruptStatus.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears every bit (device reset).
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The IRQ line.
+    pub fn irq(&self) -> &IrqLine {
+        &self.irq
+    }
+}
+
+/// What a device gets on activation.
+#[derive(Debug)]
+pub struct ActiveState {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The queues as the driver configured them.
+    pub queues: Vec<Queue>,
+    /// Negotiated features.
+    pub acked_features: u64,
+    /// The interrupt towards the driver.
+    pub interrupt: Interrupt,
+}
+
+/// Errors activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// Wrong number of queues.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount {
+        /// Expected.
+        expected: usize,
+        /// Got.
+        got: usize,
+    },
+    /// A required queue is not ready.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+}
+
+/// A virtio device behind the MMIO transport.
+pub trait VirtioDevice: Send {
+    /// virtio device type (DeviceID register).
+    fn device_type(&self) -> u32;
+    /// Features offered.
+    fn avail_features(&self) -> u64;
+    /// Maximum size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Queue notification eventfds, one per queue (registered as ioeventfds).
+    fn queue_events(&self) -> &[EventFd];
+    /// Reads the config space at `offset`; bytes past its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the config space (most devices ignore it).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device.
+    fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError>;
+    /// Stops the device and drops its queues (driver wrote 0 to Status).
+    fn reset(&mut self);
+}
+
+/// Copies `config[offset..]` into `data`, zero-filling past the end.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(off) = usize::try_from(offset) else {
+        return;
+    };
+    if off < config.len() {
+        let n = (config.len() - off).min(data.len());
+        data[..n].copy_from_slice(&config[off..off + n]);
+    }
+}
+
+/// Creates the virtio devices of `cfg` (block devices, vsock, rng, in that order): each gets
+/// its MMIO window, IRQ (irqfd), queue ioeventfds, event-loop subscription and command-line word.
 pub fn add_devices(
     cfg: &VmConfig,
-    _ctx: &mut BuildContext<'_>,
-    _cleanup: &mut Vec<PathBuf>,
+    ctx: &mut BuildContext<'_>,
+    cleanup: &mut Vec<PathBuf>,
 ) -> Result<(), BuildError> {
-    if cfg.virtio_device_count() > 0 {
+    let mut index: u32 = 0;
+    let _ = cleanup;
+    for (i, b) in cfg.block.iter().enumerate() {
+        let name = format!("block{i}");
+        let dev = block::Block::new(b).map_err(|source| BuildError::Device {
+            name: format!("{name} ({})", b.path.display()),
+            source,
+        })?;
+        ctx.metrics.register(name, dev.metrics());
+        let dev = Arc::new(Mutex::new(dev));
+        attach(ctx, index, dev.clone(), dev)?;
+        index += 1;
+    }
+    if cfg.vsock.is_some() {
         return Err(BuildError::Device {
-            name: "virtio".into(),
-            source: std::io::Error::other("virtio devices are not implemented yet"),
+            name: "vsock".into(),
+            source: std::io::Error::other("vsock is not implemented yet"),
         });
     }
+    if cfg.rng {
+        let dev = rng::Rng::new().map_err(|source| BuildError::Device {
+            name: "rng".into(),
+            source,
+        })?;
+        ctx.metrics.register("rng".into(), dev.metrics());
+        let dev = Arc::new(Mutex::new(dev));
+        attach(ctx, index, dev.clone(), dev)?;
+        index += 1;
+    }
+    let _ = index;
     Ok(())
+}
+
+fn attach(
+    ctx: &mut BuildContext<'_>,
+    index: u32,
+    dev: Arc<Mutex<dyn VirtioDevice>>,
+    sub: Subscriber,
+) -> Result<(), BuildError> {
+    let base = MMIO_BASE + u64::from(index) * MMIO_SIZE;
+    let gsi = IRQ_BASE + index;
+    let irq = IrqLine::new(gsi).map_err(BuildError::Event)?;
+    if !ctx.test_payload {
+        ctx.vm.register_irqfd(irq.eventfd(), gsi)?;
+    }
+    {
+        let d = crate::devices::bus::lock(&dev);
+        for (q, evt) in d.queue_events().iter().enumerate() {
+            let q = u32::try_from(q).unwrap_or(u32::MAX);
+            ctx.vm
+                .register_ioevent(evt, base + QUEUE_NOTIFY_OFFSET, q)?;
+        }
+    }
+    let transport = mmio::MmioTransport::new(dev, ctx.mem.clone(), Interrupt::new(irq));
+    ctx.mmio
+        .insert(Arc::new(Mutex::new(transport)), base, MMIO_SIZE)?;
+    ctx.subscribers.push(sub);
+    ctx.cmdline_extra
+        .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_zero_fill() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [9u8; 4];
+        read_config_bytes(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, 100, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let i = Interrupt::new(IrqLine::new(5).unwrap());
+        i.signal_used_queue();
+        i.signal_config_change();
+        assert_eq!(i.status(), 3);
+        i.ack(1);
+        assert_eq!(i.status(), 2);
+        assert_eq!(i.irq().trigger_count(), 2);
+        i.clear();
+        assert_eq!(i.status(), 0);
+    }
 }
