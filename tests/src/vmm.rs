@@ -418,6 +418,24 @@ pub fn read_line(s: &mut UnixStream) -> std::io::Result<String> {
     Ok(line.trim_end_matches('\n').to_string())
 }
 
+/// Sends one request to `vmrun-vmm`'s API socket (`{"command": "<command>"}`) and returns the
+/// parsed one-line JSON response.
+pub fn api(sock: &Path, command: &str) -> std::io::Result<serde_json::Value> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("{{\"command\": \"{command}\"}}\n").as_bytes())?;
+    let line = read_line(&mut s)?;
+    serde_json::from_str(&line)
+        .map_err(|e| std::io::Error::other(format!("API reply {line:?}: {e}")))
+}
+
+impl Vm {
+    /// Lines received so far.
+    pub fn line_count(&self) -> usize {
+        self.out.0.lock().expect("output lock").lines.len()
+    }
+}
+
 /// Deterministic test data, identical to the guest kit's `pattern` module: byte `i` of stream
 /// `seed` is byte `i % 8` of `splitmix64(seed, i / 8)`.
 pub mod pattern {

@@ -65,9 +65,18 @@ impl Report {
         self.failed
     }
 
-    /// Prints the summary and exits with 0 (no failure) or 1.
+    /// Prints the summary and exits with 0 (no failure) or 1. With `kit.hold_ms=N` the guest
+    /// first prints `HOLD` and spins (no exits) for N ms, so the host can inspect the live VMM
+    /// (metrics, memory) after the checks.
     pub fn finish(self) -> ! {
         crate::println!("DONE passed={} failed={}", self.passed, self.failed);
+        if let Some(ms) = crate::cmdline::kit_number(self.cmdline, "hold_ms") {
+            crate::println!("HOLD");
+            let d = crate::arch::Deadline::after_ms(ms);
+            while !d.expired() {
+                core::hint::spin_loop();
+            }
+        }
         exit(u8::from(self.failed != 0))
     }
 }

@@ -8,7 +8,8 @@
 //! command line and every e820 entry as `INFO` lines for the host test to compare with what it
 //! passed. `kit.mode=` picks a deliberate ending instead: `fail` (a FAIL line, exit 1), `panic`
 //! (the panic handler), `triple` (an invalid opcode with no usable IDT: a triple fault),
-//! `reset` (i8042 reset only, no exit-port write), `none` (no checks: start-up benchmark).
+//! `reset` (i8042 reset only, no exit-port write), `none` (no checks: start-up benchmark),
+//! `ticks` (`TICK <i>` every 20 ms, `kit.ticks=` times: a live guest for API tests).
 
 #![no_std]
 #![no_main]
@@ -17,7 +18,7 @@ extern crate alloc;
 
 use alloc::format;
 use alloc::string::String;
-use vmrun_guest_kit::arch::{cpl, cs, inb, lar, outb};
+use vmrun_guest_kit::arch::{Deadline, cpl, cs, inb, lar, outb};
 use vmrun_guest_kit::boot::{BootParams, E820_RAM, HDRS_MAGIC};
 use vmrun_guest_kit::cmdline::{kit_number, kit_value, mmio_devices};
 use vmrun_guest_kit::exit::{exit, reset};
@@ -33,6 +34,17 @@ fn run(bp: u64) -> ! {
     let mode = kit_value(r.cmdline, "mode").unwrap_or("checks");
     match mode {
         "none" => r.finish(),
+        "ticks" => {
+            let n = kit_number(r.cmdline, "ticks").unwrap_or(100);
+            for i in 0..n {
+                println!("TICK {i}");
+                let d = Deadline::after_ms(20);
+                while !d.expired() {
+                    core::hint::spin_loop();
+                }
+            }
+            r.finish()
+        }
         "fail" => {
             r.record(
                 "deliberate",

@@ -207,6 +207,21 @@ fn hostile_rng(r: &mut Report, g: Regs) {
         Ok(())
     };
     r.record("hostile.rng.baseline", good(&mut q));
+    // The completed request raised the used-buffer interrupt: InterruptStatus bit 0 is set
+    // (interrupts cannot be taken here; the register is what a driver would read), and
+    // InterruptACK clears it.
+    r.record("mmio.rng.interrupt_status", {
+        let s = g.read(mmio::INTERRUPT_STATUS);
+        if s & 1 == 0 {
+            Err(format!("InterruptStatus {s:#x} after a used buffer"))
+        } else {
+            g.write(mmio::INTERRUPT_ACK, s);
+            match g.read(mmio::INTERRUPT_STATUS) {
+                0 => Ok(()),
+                left => Err(format!("InterruptStatus {left:#x} after ACK of {s:#x}")),
+            }
+        }
+    });
     let cases: [Case<'_>; 5] = [
         ("outside", &|q| {
             q.set_desc(1, FAR, 64, WRITE, 0);
