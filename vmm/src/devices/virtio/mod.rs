@@ -14,7 +14,7 @@ pub mod block;
 pub mod mmio;
 pub mod queue_util;
 pub mod rng;
-// pub mod vsock;
+pub mod vsock;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -174,7 +174,6 @@ pub fn add_devices(
     cleanup: &mut Vec<PathBuf>,
 ) -> Result<(), BuildError> {
     let mut index: u32 = 0;
-    let _ = cleanup;
     for (i, b) in cfg.block.iter().enumerate() {
         let name = format!("block{i}");
         let dev = block::Block::new(b).map_err(|source| BuildError::Device {
@@ -186,11 +185,16 @@ pub fn add_devices(
         attach(ctx, index, dev.clone(), dev)?;
         index += 1;
     }
-    if cfg.vsock.is_some() {
-        return Err(BuildError::Device {
-            name: "vsock".into(),
-            source: std::io::Error::other("vsock is not implemented yet"),
-        });
+    if let Some(v) = &cfg.vsock {
+        let dev = vsock::Vsock::new(v).map_err(|source| BuildError::Device {
+            name: format!("vsock ({})", v.uds_path.display()),
+            source,
+        })?;
+        cleanup.push(v.uds_path.clone());
+        ctx.metrics.register("vsock".into(), dev.metrics());
+        let dev = Arc::new(Mutex::new(dev));
+        attach(ctx, index, dev.clone(), dev)?;
+        index += 1;
     }
     if cfg.rng {
         let dev = rng::Rng::new().map_err(|source| BuildError::Device {
