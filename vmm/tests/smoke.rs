@@ -288,3 +288,61 @@ fn api_socket_pause_resume_metrics_stop() {
     assert_eq!(status.code(), Some(254));
     assert!(!sock.exists(), "socket removed on exit");
 }
+
+#[test]
+fn json_config_and_serial_input_from_a_pipe() {
+    if !kvm_available() {
+        return;
+    }
+    let d = scratch("stdin");
+    let code = [
+        0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (LSR)
+        0xec, // in al, dx
+        0xa8, 0x01, // test al, 1 (data ready)
+        0x74, 0xfb, // jz back to `in`
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xec, // in al, dx (the received byte)
+        0xe6, 0xf4, // out 0xf4, al
+        0xeb, 0xfe,
+    ];
+    let k = write_elf(&d, &code);
+    let cfg = d.join("vm.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "kernel": k,
+            "test_payload": true,
+            "serial": "none",
+            "serial_stdin": true,
+            "memory_mib": 32,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut child = Command::new(VMM)
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"A").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("guest never saw the input byte");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(status.code(), Some(i32::from(b'A')));
+    // --config excludes the other VM options.
+    let out = run(
+        &["--config", cfg.to_str().unwrap(), "--vcpus", "2"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
