@@ -180,7 +180,8 @@ fn hostile_rng(r: &mut Report, g: Regs) {
         g.begin_init(0)?;
         let q = RawQueue::setup(g, 0, 16)?;
         g.driver_ok()?;
-        let buf = dma_pages(1).ok_or_else(|| String::from("DMA pool exhausted"))?;
+        // Page 1 is the buffer, page 2 a canary that no request may reach.
+        let buf = dma_pages(2).ok_or_else(|| String::from("DMA pool exhausted"))?;
         Ok((q, buf))
     };
     let (mut q, buf) = match setup() {
@@ -242,10 +243,26 @@ fn hostile_rng(r: &mut Report, g: Regs) {
         }),
         ("bad_head", &|q| q.publish(200)),
     ];
+    let canary = buf + 4096;
     for (case, bad) in cases {
+        // SAFETY: the canary page belongs to this test.
+        unsafe { core::ptr::write_bytes(canary as *mut u8, 0xc5, 4096) };
         bad(&mut q);
         q.notify();
-        r.record(&format!("hostile.rng.{case}"), good(&mut q));
+        let mut result = good(&mut q);
+        // SAFETY: as above.
+        let page = unsafe { core::slice::from_raw_parts(canary as *const u8, 4096) };
+        // An oversized buffer does cover the canary: a device may fill a prefix of it that lies
+        // in guest memory (the driver offered it), so only the other cases check it.
+        if result.is_ok()
+            && case != "oversized"
+            && let Some(i) = page.iter().position(|b| *b != 0xc5)
+        {
+            result = Err(format!(
+                "the device wrote outside every offered buffer (canary byte {i})"
+            ));
+        }
+        r.record(&format!("hostile.rng.{case}"), result);
     }
     let _ = g.reset();
 }
