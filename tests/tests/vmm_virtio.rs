@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 use vmrun_tests::require_kvm;
-use vmrun_tests::vmm::{guest_elf, pattern, TempDir, Vm};
+use vmrun_tests::vmm::{api, guest_elf, pattern, TempDir, Vm};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Sectors in the test disk images (1 MiB).
@@ -30,8 +30,10 @@ fn vmm_mmio_protocol_and_hostile_input() {
     let dir = TempDir::new("kit-mmio").expect("temp dir");
     let rw = disk(&dir, "rw.img", SEED);
     let ro = disk(&dir, "ro.img", SEED + 1);
-    let cmdline = format!("kit.blk_seed={SEED}");
-    let o = Vm::spawn([
+    let api_sock = dir.join("api.sock");
+    // kit.hold_ms keeps the VMM alive after the checks so its metrics can be read.
+    let cmdline = format!("kit.blk_seed={SEED} kit.hold_ms=1000");
+    let vm = Vm::spawn([
         "--kernel",
         guest_elf("mmio").to_str().expect("utf-8"),
         "--test-payload",
@@ -42,9 +44,14 @@ fn vmm_mmio_protocol_and_hostile_input() {
         "--block",
         &format!("{},ro", ro.display()),
         "--rng",
+        "--api-sock",
+        api_sock.to_str().expect("utf-8"),
     ])
-    .expect("spawn")
-    .wait(TIMEOUT);
+    .expect("spawn");
+    let metrics = vm
+        .wait_line("HOLD", TIMEOUT)
+        .map(|_| api(&api_sock, "metrics"));
+    let o = vm.wait(TIMEOUT);
     o.assert_all_passed(&[
         "mmio.probe",
         "mmio.blk.protocol",
@@ -67,6 +74,26 @@ fn vmm_mmio_protocol_and_hostile_input() {
         "hostile.blk.status_readonly",
         "hostile.blk.bad_head",
     ]);
+    // The VMM counted what it refused (STYLE: guest-triggerable errors are counted in
+    // metrics): the two rng buffers outside guest memory, and every hostile block chain with a
+    // valid head (seven cases, the sector overflow sent twice) as invalid or as an I/O error.
+    let m = metrics
+        .expect("HOLD line")
+        .expect("metrics over the API socket");
+    let dev = &m["metrics"]["devices"];
+    let count = |d: &str, k: &str| dev[d][k].as_u64().unwrap_or(0);
+    assert!(count("rng", "invalid") >= 2, "rng metrics: {m}");
+    assert!(
+        count("block0", "invalid") + count("block0", "io_errors") >= 8,
+        "block0 metrics: {m}"
+    );
+    assert_eq!(count("block1", "writes"), 0, "block1 metrics: {m}");
+    // Every byte the guest wrote to COM1 before HOLD is counted, and nothing more.
+    assert_eq!(
+        count("serial", "tx_bytes"),
+        u64::try_from(o.stdout.len()).expect("fits"),
+        "serial metrics: {m}"
+    );
     // Nothing the guest did may have written to the images.
     assert_eq!(
         std::fs::read(&rw).expect("read rw"),
