@@ -340,8 +340,9 @@ impl Vmm {
         &self.metrics
     }
 
-    /// Runs the VM until it stops; returns why.
-    pub fn run(mut self) -> Result<StopReason, BuildError> {
+    /// Runs the VM until it stops; returns why. Can be called once; the VM's resources are
+    /// released when the `Vmm` is dropped (the binary just exits; the kernel reclaims them).
+    pub fn run(&mut self) -> Result<StopReason, BuildError> {
         vcpu::install_kick_handler().map_err(BuildError::Signal)?;
         let mut threads = Vec::new();
         for v in std::mem::take(&mut self.vcpus) {

@@ -127,23 +127,28 @@ fn main() -> ExitCode {
             return status(exit_code::START_FAILED);
         }
     };
-    let vmm = match vmrun_vmm::builder::build_vm(&cfg) {
+    let mut vmm = match vmrun_vmm::builder::build_vm(&cfg) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("vmrun-vmm: {}", one_line(&e));
             return status(exit_code::START_FAILED);
         }
     };
-    match vmm.run() {
+    let code = match vmm.run() {
         Ok(reason) => {
             if let Some(msg) = reason.message() {
                 eprintln!("vmrun-vmm: {msg}");
             }
-            status(reason.exit_code())
+            reason.exit_code()
         }
         Err(e) => {
             eprintln!("vmrun-vmm: {}", one_line(&e));
-            status(exit_code::START_FAILED)
+            exit_code::START_FAILED
         }
-    }
+    };
+    // Exit without dropping the VM: the kernel reclaims guest memory and KVM state at exit
+    // anyway, so running the destructors first would only do the same work twice. Socket files
+    // were already removed by `run`.
+    #[allow(clippy::exit)]
+    std::process::exit(code)
 }

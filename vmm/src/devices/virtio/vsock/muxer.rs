@@ -710,3 +710,52 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// Bounded random-input test: random guest packets never panic the muxer.
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // truncating random bits is the point
+mod random_tests {
+    use super::*;
+
+    #[test]
+    fn random_guest_packets_never_panic() {
+        let dir = std::env::temp_dir().join(format!("vmrun-vsock-rand-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let _l = UnixListener::bind(dir.join("v.sock_7")).unwrap();
+        let mut m = Muxer::new(3, &dir.join("v.sock"), Arc::new(VsockMetrics::default())).unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..50_000 {
+            let r = next();
+            let hdr = PacketHeader {
+                src_cid: if r % 10 == 0 { r >> 32 } else { 3 },
+                dst_cid: if r % 11 == 0 { 5 } else { 2 },
+                src_port: (r >> 8) as u32 % 4,
+                dst_port: if r % 3 == 0 { 7 } else { (r >> 16) as u32 % 9 },
+                len: (r >> 24) as u32 % 64,
+                type_: if r % 13 == 0 { 2 } else { TYPE_STREAM },
+                op: ((r >> 32) % 9) as u16,
+                flags: ((r >> 40) % 4) as u32,
+                buf_alloc: (r >> 44) as u32 % 1024,
+                fwd_cnt: (r >> 20) as u32,
+            };
+            let payload = vec![0u8; hdr.len as usize];
+            m.handle_tx(&hdr, &payload);
+            if r % 5 == 0 {
+                let _ = m.next_rx_packet((r % 4096) as usize, &mut buf);
+            }
+            m.graveyard.clear();
+            m.to_register.clear();
+        }
+        assert!(m.connection_count() <= MAX_CONNECTIONS);
+        assert!(m.control.len() <= MAX_CONTROL);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
