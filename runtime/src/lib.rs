@@ -5,3 +5,10 @@
 pub mod cli;
 pub mod oci;
 pub mod state;
+
+pub mod agent_client;
+pub mod config;
+pub mod hypervisor;
+pub mod sandbox;
+pub mod virtiofs;
+pub mod vsock;
