@@ -94,6 +94,9 @@ pub enum BuildError {
     /// Signal handler installation.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// Seccomp filters.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// A built VM, ready to run.
@@ -107,11 +110,13 @@ pub struct Vmm {
     _kvm: Kvm,
     _vm: Vm,
     _mem: GuestMemoryMmap,
-    _raw_terminal: Option<RawTerminal>,
+    raw_terminal: Option<RawTerminal>,
     /// Socket files to remove when the VMM exits.
     cleanup_paths: Vec<PathBuf>,
     /// The full kernel command line given to the guest.
     cmdline: String,
+    /// Install seccomp filters when running.
+    seccomp: bool,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -323,9 +328,10 @@ pub fn build_vm(cfg: &VmConfig) -> Result<Vmm, BuildError> {
         _kvm: kvm,
         _vm: vm,
         _mem: mem,
-        _raw_terminal: raw_terminal,
+        raw_terminal,
         cleanup_paths,
         cmdline,
+        seccomp: cfg.seccomp,
     })
 }
 
@@ -344,18 +350,46 @@ impl Vmm {
     /// released when the `Vmm` is dropped (the binary just exits; the kernel reclaims them).
     pub fn run(&mut self) -> Result<StopReason, BuildError> {
         vcpu::install_kick_handler().map_err(BuildError::Signal)?;
+        let (vcpu_filter, loop_filter) = if self.seccomp {
+            (
+                Some(crate::seccomp::vcpu_filter()?),
+                Some(crate::seccomp::event_loop_filter()?),
+            )
+        } else {
+            (None, None)
+        };
         let mut threads = Vec::new();
         for v in std::mem::take(&mut self.vcpus) {
             let p = self.peripherals.clone();
             let c = self.control.clone();
+            let f = vcpu_filter.clone();
             let name = format!("vcpu{}", v.index());
             let t = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || v.run(p, c))
+                .spawn(move || {
+                    if let Some(f) = f {
+                        if let Err(e) = crate::seccomp::install(&f) {
+                            c.request_stop(StopReason::VcpuFailed {
+                                vcpu: v.index(),
+                                error: e.to_string(),
+                            });
+                            return;
+                        }
+                    }
+                    v.run(p, c)
+                })
                 .map_err(BuildError::Event)?;
             self.control
                 .add_thread(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t));
             threads.push(t);
+        }
+        if let Some(f) = loop_filter {
+            if let Err(e) = crate::seccomp::install(&f) {
+                self.control.request_stop(StopReason::VcpuFailed {
+                    vcpu: 0,
+                    error: format!("event loop: {e}"),
+                });
+            }
         }
         let reason = loop {
             if let Some(r) = self.control.stop_reason() {
@@ -376,6 +410,8 @@ impl Vmm {
         for p in &self.cleanup_paths {
             let _ = std::fs::remove_file(p);
         }
+        // Give the terminal back now: the binary exits without dropping the Vmm.
+        self.raw_terminal = None;
         Ok(reason)
     }
 }

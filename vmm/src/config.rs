@@ -211,6 +211,13 @@ pub struct VmConfig {
     /// Enter the kernel's 64-bit entry at CPL 3 (test-payload mode, see `docs/vmm.md`).
     #[serde(default)]
     pub test_payload: bool,
+    /// Confine the VMM's threads with seccomp filters once the VM is built (JSON only).
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
+}
+
+fn default_seccomp() -> bool {
+    true
 }
 
 fn default_cmdline() -> String {
@@ -242,6 +249,7 @@ impl VmConfig {
             rng: false,
             api_sock: None,
             test_payload: false,
+            seccomp: default_seccomp(),
         }
     }
 

@@ -20,4 +20,5 @@ pub mod exit_code;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
+pub mod seccomp;
 pub mod vstate;

@@ -174,8 +174,9 @@ impl VirtioDevice for Rng {
             queue,
             interrupt: state.interrupt,
         });
-        // Requests may have been queued before DRIVER_OK.
-        self.process_queue();
+        // Requests may have been queued before DRIVER_OK: let the event loop look (device work
+        // never runs on the vCPU thread that wrote DRIVER_OK).
+        let _ = self.evts[0].write(1);
         Ok(())
     }
     fn reset(&mut self) {
@@ -212,6 +213,7 @@ mod tests {
             interrupt: interrupt.clone(),
         })
         .unwrap();
+        rng.process_queue();
         interrupt
     }
 

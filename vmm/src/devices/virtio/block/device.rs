@@ -226,7 +226,8 @@ impl VirtioDevice for Block {
             queue,
             interrupt: state.interrupt,
         });
-        self.process_queue();
+        // Let the event loop serve anything queued before DRIVER_OK.
+        let _ = self.evts[0].write(1);
         Ok(())
     }
     fn reset(&mut self) {
@@ -305,6 +306,7 @@ mod tests {
             interrupt: Interrupt::new(IrqLine::new(5).unwrap()),
         })
         .unwrap();
+        dev.process_queue();
         let a = dev.active.as_ref().unwrap();
         let (_, len) = used(&f.mem, &a.queue, 0);
         let status: u8 = f.mem.read_obj(GuestAddress(STATUS)).unwrap();

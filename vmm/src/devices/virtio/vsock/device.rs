@@ -234,8 +234,8 @@ impl VirtioDevice for Vsock {
             queues: state.queues,
             interrupt: state.interrupt,
         });
-        self.process_tx();
-        self.process_rx();
+        // Let the event loop drain what was queued before DRIVER_OK.
+        let _ = self.evts[TXQ].write(1);
         Ok(())
     }
     fn reset(&mut self) {
@@ -333,6 +333,13 @@ mod tests {
             interrupt: interrupt.clone(),
         })
         .unwrap();
+        assert_eq!(
+            dev.evts[TXQ].read().unwrap(),
+            1,
+            "activation kicks the event loop"
+        );
+        dev.process_tx();
+        dev.process_rx();
         let a = dev.active.as_ref().unwrap();
         assert_eq!(used_idx(&mem, &a.queues[TXQ]), 2);
         assert_eq!(used_idx(&mem, &a.queues[RXQ]), 1);
