@@ -1,0 +1,225 @@
+// Copyright 2026 The vmrun Authors
+// SPDX-License-Identifier: Apache-2.0
+//! The ttrpc services: `Health` and `AgentService`.
+//!
+//! Handlers run as tasks on the agent's tokio runtime; anything that blocks (file system,
+//! helper processes) goes through `spawn_blocking` or the reaper. Every input from the host is
+//! validated and a bad one answers INVALID_ARGUMENT with a message, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ttrpc::r#async::TtrpcContext;
+use vmrun_protocol::agent::{self, Empty};
+use vmrun_protocol::health::{self, check_response::ServingStatus};
+use vmrun_protocol::{agent_ttrpc, health_ttrpc};
+
+use crate::config::Config;
+use crate::reaper::Reaper;
+use crate::selfcheck::CheckItem;
+
+/// Default mount point of the virtio-fs share.
+pub const DEFAULT_SHARED_MOUNT: &str = "/run/vmrun/shared";
+
+/// Whether the agent runs as the guest's PID 1 or in the host-side test mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of the guest: Shutdown powers the VM off.
+    Guest,
+    /// Host-side test mode (Unix socket): Shutdown only stops the containers and the server.
+    Test,
+}
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub struct Agent {
+    /// Settings.
+    pub config: Config,
+    /// Guest or test mode.
+    pub mode: Mode,
+    /// Start-up self-check results.
+    pub checks: Vec<CheckItem>,
+    /// Milliseconds since kernel start when the server listened (set once).
+    pub ready_ms: std::sync::OnceLock<u64>,
+    /// The child reaper.
+    #[expect(dead_code, reason = "used by the container layer (next commit)")]
+    pub reaper: Reaper,
+    /// Signalled when Shutdown has finished its work (test mode exits on it).
+    pub shutdown: tokio::sync::Notify,
+}
+
+/// Builds a ttrpc error status.
+pub fn status(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn invalid(msg: impl Into<String>) -> ttrpc::Error {
+    status(ttrpc::Code::INVALID_ARGUMENT, msg)
+}
+
+/// The `Health` service.
+#[derive(Debug, Clone)]
+pub struct HealthService(pub Arc<Agent>);
+
+#[async_trait]
+impl health_ttrpc::Health for HealthService {
+    async fn check(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: health::CheckRequest,
+    ) -> ttrpc::Result<health::CheckResponse> {
+        let mut resp = health::CheckResponse::new();
+        let all_ok = self.0.checks.iter().all(|c| c.ok);
+        resp.status = if all_ok {
+            ServingStatus::SERVING
+        } else {
+            ServingStatus::DEGRADED
+        }
+        .into();
+        resp.checks = self
+            .0
+            .checks
+            .iter()
+            .map(|c| health::SelfCheck {
+                name: c.name.clone(),
+                ok: c.ok,
+                detail: c.detail.clone(),
+                ..Default::default()
+            })
+            .collect();
+        resp.ready_ms = self.0.ready_ms.get().copied().unwrap_or(0);
+        Ok(resp)
+    }
+
+    async fn version(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: health::CheckRequest,
+    ) -> ttrpc::Result<health::VersionResponse> {
+        Ok(health::VersionResponse {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            api_version: vmrun_protocol::API_VERSION,
+            kernel_release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            seccomp: false,
+            ..Default::default()
+        })
+    }
+}
+
+/// The `AgentService` service.
+#[derive(Debug, Clone)]
+pub struct AgentService(pub Arc<Agent>);
+
+#[async_trait]
+impl agent_ttrpc::AgentService for AgentService {
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        log::info!(
+            "CreateSandbox {:?} hostname {:?}",
+            req.sandbox_id,
+            req.hostname
+        );
+        if !req.hostname.is_empty() {
+            if req.hostname.len() > 64 || req.hostname.contains(['/', '\0', ' ']) {
+                return Err(invalid(format!("invalid hostname {:?}", req.hostname)));
+            }
+            nix::unistd::sethostname(&req.hostname)
+                .map_err(|e| status(ttrpc::Code::INTERNAL, format!("sethostname: {e}")))?;
+        }
+        if let Some(fs) = req.shared_fs.as_ref().filter(|f| !f.tag.is_empty()) {
+            let target = if fs.mount_point.is_empty() {
+                PathBuf::from(DEFAULT_SHARED_MOUNT)
+            } else {
+                PathBuf::from(&fs.mount_point)
+            };
+            if !target.is_absolute() {
+                return Err(invalid(format!(
+                    "shared_fs.mount_point {target:?} is not absolute"
+                )));
+            }
+            let tag = fs.tag.clone();
+            tokio::task::spawn_blocking(move || mount_virtiofs(&tag, &target))
+                .await
+                .map_err(|e| status(ttrpc::Code::INTERNAL, e.to_string()))?
+                .map_err(|e| status(ttrpc::Code::INTERNAL, e))?;
+        }
+        Ok(Empty::new())
+    }
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<agent::Interface> {
+        Err(status(
+            ttrpc::Code::UNIMPLEMENTED,
+            "UpdateInterface is not implemented yet",
+        ))
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        Err(status(
+            ttrpc::Code::UNIMPLEMENTED,
+            "UpdateRoutes is not implemented yet",
+        ))
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::AddArpNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(status(
+            ttrpc::Code::UNIMPLEMENTED,
+            "AddArpNeighbors is not implemented yet",
+        ))
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ShutdownRequest,
+    ) -> ttrpc::Result<Empty> {
+        let timeout_ms = if req.timeout_ms == 0 {
+            self.0.config.shutdown_timeout_ms
+        } else {
+            u64::from(req.timeout_ms)
+        };
+        log::info!("Shutdown requested (grace {timeout_ms} ms)");
+        let agent = self.0.clone();
+        tokio::spawn(async move {
+            // Let the reply reach the host before the VM goes away.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if agent.mode == Mode::Guest {
+                log::info!("clean shutdown: syncing and powering off");
+                tokio::task::spawn_blocking(|| crate::system::power_off());
+            } else {
+                agent.shutdown.notify_one();
+            }
+        });
+        Ok(Empty::new())
+    }
+}
+
+/// Mounts the virtio-fs `tag` on `target` (creating it), unless something is mounted there.
+fn mount_virtiofs(tag: &str, target: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+    nix::mount::mount(
+        Some(tag),
+        target,
+        Some("virtiofs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount virtiofs {tag:?} on {}: {e}", target.display()))
+}
