@@ -246,31 +246,39 @@ fn io(rows: &mut Vec<[String; 4]>) -> Result<()> {
         uds.to_str().context("utf-8")?,
     ])?;
     let chunk = vec![0xa5u8; 1 << 20];
-    let mut s = vsock_connect(&uds, 6000, Duration::from_secs(10))?;
-    let start = Instant::now();
-    for _ in 0..mib {
-        s.write_all(&chunk)?;
-    }
-    let mut b = [0u8; 1];
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let _ = s.read(&mut b);
-    let h2g = start.elapsed();
-    drop(s);
-    let mut s = vsock_connect(&uds, 6001, Duration::from_secs(10))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut got = 0;
-    let start = Instant::now();
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let host = || -> Result<(Duration, Duration, usize)> {
+        let mut s = vsock_connect(&uds, 6000, Duration::from_secs(10))?;
+        let start = Instant::now();
+        for _ in 0..mib {
+            s.write_all(&chunk)?;
         }
-        got += n;
-    }
-    let g2h = start.elapsed();
-    drop(s);
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let line = vmrun_tests::vmm::read_line(&mut s)?;
+        let h2g = start.elapsed();
+        if line != "done" {
+            bail!("h2g: guest answered {line:?}");
+        }
+        drop(s);
+        let mut s = vsock_connect(&uds, 6001, Duration::from_secs(10))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        let start = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok((h2g, start.elapsed(), got))
+    };
+    let result = host();
     let o = vm.wait(Duration::from_secs(60));
+    let (h2g, g2h, got) = match result {
+        Ok(r) => r,
+        Err(e) => bail!("vsock bench: {e:#}\n{}", o.dump()),
+    };
     if o.code() != Some(0) || got != mib << 20 {
         bail!("vsock bench failed ({got} bytes): {}", o.dump());
     }

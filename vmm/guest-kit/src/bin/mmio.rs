@@ -7,7 +7,8 @@
 //! `mmio.<dev>.protocol` for every announced device: magic/version/device id, reset, the status
 //! machine (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK; DRIVER_OK alone refused), feature
 //! negotiation (VERSION_1 offered and kept), queue setup (QueueNumMax, QueueReady read-back,
-//! absent queues report 0), reset clears queues, read-only registers ignore writes.
+//! absent queues report 0), disabling live queues one by one (QueueReady 0 reads back),
+//! reset clears queues, read-only registers ignore writes.
 //!
 //! `hostile.<dev>.<case>` on the rng and the first block device: descriptors outside guest
 //! memory, address wrap-around, looping chains, oversized lengths, out-of-range heads and
@@ -155,6 +156,31 @@ fn protocol(f: &Found) -> Result<(), String> {
         return Err(format!(
             "config generation moved {gen1} -> {gen2} without a config change"
         ));
+    }
+    // Disabling queues one by one while the device runs (virtio 1.2 §4.2.2.2: the driver
+    // writes 0 to QueueReady and reads it back; drivers such as virtio-drivers do this on
+    // teardown and spin until it reads 0).
+    g.reset()?;
+    g.begin_init(0)?;
+    let mut queues = alloc::vec::Vec::new();
+    for i in 0..3u32 {
+        g.write(mmio::QUEUE_SEL, i);
+        if g.read(mmio::QUEUE_NUM_MAX) == 0 {
+            break;
+        }
+        queues.push(RawQueue::setup(g, i, 8)?);
+    }
+    g.driver_ok()?;
+    for i in 0..queues.len() as u32 {
+        g.write(mmio::QUEUE_SEL, i);
+        g.write(mmio::QUEUE_READY, 0);
+        let ready = g.read(mmio::QUEUE_READY);
+        if ready != 0 {
+            return Err(format!(
+                "queue {i} of {}: QueueReady reads {ready} after writing 0 with the device live",
+                queues.len()
+            ));
+        }
     }
     // Reset returns to status 0 and un-readies the queue.
     g.reset()?;
