@@ -3,8 +3,10 @@
 //! The sandbox library shared by the `vmrun` CLI and the containerd shim.
 
 pub mod cli;
+pub mod monitor;
 pub mod oci;
 pub mod state;
+pub mod stdio;
 
 pub mod agent_client;
 pub mod config;

@@ -13,14 +13,16 @@ pub mod signal;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::oci::{self, BundleError};
+use crate::monitor::{self, MonitorError};
+use crate::oci::{self, Bundle, BundleError};
 use crate::state::{StateError, StateStore, Status};
 
 pub use self::log::LogFormat;
-use self::signal::SignalError;
+use self::signal::{parse_signal, SignalError};
 
 /// The default state root.
 pub const DEFAULT_ROOT: &str = "/run/vmrun";
@@ -47,6 +49,9 @@ pub enum CliError {
         /// What was refused.
         what: &'static str,
     },
+    /// The monitor failed or refused.
+    #[error(transparent)]
+    Monitor(Box<MonitorError>),
     /// Bad combination of flags.
     #[error("{0}")]
     Usage(String),
@@ -62,6 +67,12 @@ pub enum CliError {
     /// The log file could not be opened.
     #[error(transparent)]
     Log(#[from] self::log::LogError),
+}
+
+impl From<MonitorError> for CliError {
+    fn from(e: MonitorError) -> Self {
+        Self::Monitor(Box::new(e))
+    }
 }
 
 /// `vmrun`: a runc-compatible OCI runtime whose containers run in microVMs.
@@ -99,6 +110,32 @@ pub struct GlobalOpts {
     pub cgroup_manager: Option<String>,
 }
 
+/// Flags of `create` and `run`.
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// Bundle directory (default: the current directory).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Unix socket to which the pty master of a terminal container is sent (SCM_RIGHTS).
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// File to write the monitor's pid to.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Accepted for runc compatibility (the guest always pivots).
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Extra file descriptors passed to the container; not supported across the VM boundary,
+    /// so any value but 0 is refused.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Container id.
+    pub id: String,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -111,8 +148,47 @@ pub enum Command {
         #[arg(long)]
         rootless: bool,
     },
+    /// Create a container: boot its microVM and create the container, stopped before its
+    /// program runs.
+    Create(CreateArgs),
+    /// Run the program of a created container.
+    Start {
+        /// Container id.
+        id: String,
+    },
+    /// Create and start a container, stream its stdio, and exit with its exit status.
+    Run {
+        /// The `create` flags.
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Detach once started.
+        #[arg(short, long)]
+        detach: bool,
+        /// Keep the stopped container's state (do not delete it after it exits).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Print the OCI state of a container as JSON.
     State {
+        /// Container id.
+        id: String,
+    },
+    /// Send a signal (default SIGTERM) to a container's process.
+    Kill {
+        /// Signal every process of the container.
+        #[arg(short, long)]
+        all: bool,
+        /// Container id.
+        id: String,
+        /// Signal name or number.
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container: its microVM, daemons, mounts and state.
+    Delete {
+        /// Kill a running container first.
+        #[arg(short, long)]
+        force: bool,
         /// Container id.
         id: String,
     },
@@ -128,6 +204,9 @@ pub enum Command {
     },
     /// Print the runtime's features as JSON (OCI features document).
     Features,
+    /// Internal: the per-container monitor process (started by `create`).
+    #[command(hide = true)]
+    Monitor(monitor::MonitorArgs),
 }
 
 /// Output format of `list`.
@@ -142,7 +221,7 @@ pub enum ListFormat {
 /// Runs the parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32, CliError> {
     let g = &cli.global;
-    {
+    if !matches!(cli.command, Command::Monitor(_)) {
         let target = match &g.log {
             Some(p) => self::log::Target::File(p),
             None => self::log::Target::Stderr,
@@ -155,6 +234,52 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             oci::write_default_spec(&bundle)?;
             Ok(0)
         }
+        Command::Create(args) => {
+            let store = StateStore::open(&g.root)?;
+            create(&store, g, &args)?;
+            Ok(0)
+        }
+        Command::Start { id } => {
+            let store = StateStore::open(&g.root)?;
+            start(&store, &id)?;
+            Ok(0)
+        }
+        Command::Run {
+            create: args,
+            detach,
+            keep,
+        } => {
+            let store = StateStore::open(&g.root)?;
+            if detach {
+                create(&store, g, &args)?;
+                if let Err(e) = start(&store, &args.id) {
+                    // Leave nothing behind: the container was created by this command.
+                    let _ = delete(&store, &args.id, true);
+                    return Err(e);
+                }
+                Ok(0)
+            } else {
+                let bundle = load_bundle(&args)?;
+                if args.console_socket.is_some() && !bundle.terminal() {
+                    return Err(CliError::Usage(
+                        "--console-socket given but process.terminal is false".into(),
+                    ));
+                }
+                Ok(monitor::run_foreground(&store, &args, &bundle, keep)?)
+            }
+        }
+        Command::Kill { all, id, signal } => {
+            let store = StateStore::open(&g.root)?;
+            let signal = parse_signal(&signal)?;
+            kill(&store, &id, signal, all)?;
+            Ok(0)
+        }
+        Command::Delete { force, id } => {
+            let store = StateStore::open(&g.root)?;
+            delete(&store, &id, force)?;
+            Ok(0)
+        }
+        Command::Monitor(args) => Ok(monitor::main(g, &args)),
         Command::State { id } => {
             let store = StateStore::open(&g.root)?;
             let state = store.load(&id)?.oci_state();
@@ -189,6 +314,115 @@ fn print_out(text: &str, what: &str) -> Result<(), CliError> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| output_error(what, e))
+}
+
+fn load_bundle(args: &CreateArgs) -> Result<Bundle, CliError> {
+    crate::state::validate_id(&args.id)?;
+    if args.preserve_fds != 0 {
+        return Err(CliError::Usage(
+            "--preserve-fds is not supported: file descriptors cannot cross into the microVM"
+                .into(),
+        ));
+    }
+    Ok(Bundle::load(&args.bundle)?)
+}
+
+/// `create`: validates the bundle, then starts the monitor, which boots the sandbox and
+/// creates the container; returns once the container is created (or failed, leaving nothing).
+fn create(store: &StateStore, g: &GlobalOpts, args: &CreateArgs) -> Result<(), CliError> {
+    let bundle = load_bundle(args)?;
+    if bundle.terminal() && args.console_socket.is_none() {
+        return Err(CliError::Usage(
+            "cannot allocate a terminal without --console-socket when the container is detached"
+                .into(),
+        ));
+    }
+    if !bundle.terminal() && args.console_socket.is_some() {
+        return Err(CliError::Usage(
+            "--console-socket given but process.terminal is false".into(),
+        ));
+    }
+    monitor::spawn_detached(store, g, args, &bundle)?;
+    Ok(())
+}
+
+fn start(store: &StateStore, id: &str) -> Result<(), CliError> {
+    let record = store.load(id)?;
+    let status = record.effective_status();
+    if status != Status::Created {
+        return Err(CliError::WrongState {
+            id: id.to_owned(),
+            status,
+            what: "cannot start a container that is not created",
+        });
+    }
+    monitor::request(store, id, &monitor::Request::Start)?;
+    Ok(())
+}
+
+fn kill(store: &StateStore, id: &str, signal: u32, all: bool) -> Result<(), CliError> {
+    let record = store.load(id)?;
+    let status = record.effective_status();
+    if status == Status::Stopped {
+        if all {
+            // runc: `kill --all` of a stopped container is not an error (nothing is left).
+            return Ok(());
+        }
+        return Err(CliError::WrongState {
+            id: id.to_owned(),
+            status,
+            what: "container not running",
+        });
+    }
+    monitor::request(store, id, &monitor::Request::Kill { signal, all })?;
+    Ok(())
+}
+
+/// How long `delete` waits for a monitor to finish its teardown.
+const DELETE_WAIT: Duration = Duration::from_secs(30);
+
+/// `delete`: a stopped container's state goes; a created one, or with `--force` a running
+/// one, is killed first (its monitor tears the sandbox down and exits). A dead monitor's
+/// leftovers (mounts, sandbox directory) are removed too.
+fn delete(store: &StateStore, id: &str, force: bool) -> Result<(), CliError> {
+    let record = store.load(id)?;
+    let status = record.effective_status();
+    match status {
+        Status::Stopped => {}
+        Status::Created => ask_monitor_to_delete(store, &record),
+        Status::Creating | Status::Running | Status::Paused => {
+            if !force {
+                return Err(CliError::WrongState {
+                    id: id.to_owned(),
+                    status,
+                    what: "cannot delete a container that is not stopped (use --force)",
+                });
+            }
+            ask_monitor_to_delete(store, &record);
+        }
+    }
+    if !monitor::wait_monitor_gone(&record, DELETE_WAIT) {
+        ::log::warn!("container {id}: the monitor did not exit; killing it");
+        monitor::kill_monitor(&record);
+        monitor::wait_monitor_gone(&record, Duration::from_secs(5));
+    }
+    let lock = store.lock(id)?;
+    let record = lock.load()?;
+    monitor::cleanup_leftovers(&record);
+    store.remove(lock)?;
+    Ok(())
+}
+
+fn ask_monitor_to_delete(store: &StateStore, record: &crate::state::ContainerRecord) {
+    if record.status == Status::Creating {
+        // Still booting: there is no control socket yet.
+        monitor::kill_monitor(record);
+        return;
+    }
+    if let Err(e) = monitor::request(store, &record.id, &monitor::Request::Delete) {
+        ::log::warn!("container {}: {e}; killing its monitor", record.id);
+        monitor::kill_monitor(record);
+    }
 }
 
 fn list(store: &StateStore, format: ListFormat, quiet: bool) -> Result<(), CliError> {
@@ -273,6 +507,89 @@ mod tests {
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("vmrun").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn runc_shim_create_line() {
+        // containerd-shim-runc-v2's exact call (research/clients.md §5.2).
+        let cli = parse(&[
+            "--root",
+            "/run/containerd/runc/default",
+            "--log",
+            "/b/log.json",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/b/init.pid",
+            "c1",
+        ]);
+        assert_eq!(
+            cli.global.root,
+            PathBuf::from("/run/containerd/runc/default")
+        );
+        assert_eq!(cli.global.log_format, LogFormat::Json);
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.bundle, PathBuf::from("/b"));
+        assert_eq!(c.pid_file, Some(PathBuf::from("/b/init.pid")));
+        assert_eq!(c.id, "c1");
+    }
+
+    #[test]
+    fn conmon_lines() {
+        parse(&[
+            "--log-format=json",
+            "--log",
+            "/r/oci-log",
+            "create",
+            "--bundle",
+            "/u",
+            "--pid-file",
+            "/r/pidfile",
+            "--console-socket",
+            "/tmp/conmon-term.X",
+            "c",
+        ]);
+        parse(&["--systemd-cgroup", "delete", "--force", "c"]);
+        let cli = parse(&["kill", "c", "9"]);
+        assert!(
+            matches!(cli.command, Command::Kill { ref signal, all: false, .. } if signal == "9")
+        );
+        let cli = parse(&["kill", "--all", "c", "KILL"]);
+        assert!(matches!(cli.command, Command::Kill { all: true, .. }));
+        let cli = parse(&["kill", "c"]);
+        assert!(matches!(cli.command, Command::Kill { ref signal, .. } if signal == "SIGTERM"));
+        parse(&[
+            "create",
+            "--bundle",
+            "/b",
+            "--no-pivot",
+            "--no-new-keyring",
+            "c",
+        ]);
+    }
+
+    #[test]
+    fn run_flags() {
+        let cli = parse(&["run", "-b", "/b", "-d", "--pid-file", "/p", "--keep", "web"]);
+        let Command::Run {
+            create,
+            detach,
+            keep,
+        } = cli.command
+        else {
+            panic!("not run")
+        };
+        assert!(detach && keep);
+        assert_eq!(create.id, "web");
+        let cli = parse(&["run", "web"]);
+        assert!(
+            matches!(cli.command, Command::Run { ref create, .. } if create.bundle == Path::new("."))
+        );
     }
 
     #[test]
