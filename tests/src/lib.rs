@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+pub mod cli;
 pub mod vmm;
 
 /// How the host's `/dev/kvm` can run guests.
