@@ -172,11 +172,12 @@ fn vmm_vsock_streams() {
 }
 
 #[test]
-fn vmm_vsock_mmio_protocol() {
-    if !require_kvm("vmm_vsock_mmio_protocol") {
+fn vmm_vsock_mmio_protocol_and_hostile_input() {
+    if !require_kvm("vmm_vsock_mmio_protocol_and_hostile_input") {
         return;
     }
-    // The register-protocol checks of the `mmio` program on the vsock device alone.
+    // The `mmio` program on the vsock device alone: register protocol, then hostile TX/RX
+    // chains, each followed by a connection request that must be answered with a RST.
     let dir = TempDir::new("kit-vsock-mmio").expect("temp dir");
     let uds = dir.join("v.sock");
     let o = Vm::spawn([
@@ -188,5 +189,18 @@ fn vmm_vsock_mmio_protocol() {
     ])
     .expect("spawn")
     .wait(Duration::from_secs(20));
-    o.assert_all_passed(&["mmio.probe", "mmio.vsock.protocol"]);
+    o.assert_all_passed(&[
+        "mmio.probe",
+        "mmio.vsock.protocol",
+        "hostile.vsock.baseline",
+        "hostile.vsock.header_outside",
+        "hostile.vsock.header_short",
+        "hostile.vsock.len_lies",
+        "hostile.vsock.payload_outside",
+        "hostile.vsock.payload_oversized",
+        "hostile.vsock.loop",
+        "hostile.vsock.unknown_op",
+        "hostile.vsock.bad_head",
+        "hostile.vsock.rx_outside",
+    ]);
 }

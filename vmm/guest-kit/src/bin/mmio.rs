@@ -10,10 +10,12 @@
 //! absent queues report 0), disabling live queues one by one (QueueReady 0 reads back),
 //! reset clears queues, read-only registers ignore writes.
 //!
-//! `hostile.<dev>.<case>` on the rng and the first block device: descriptors outside guest
+//! `hostile.<dev>.<case>` on the rng, the vsock and the first block device: descriptors outside guest
 //! memory, address wrap-around, looping chains, oversized lengths, out-of-range heads and
-//! sectors, a read-only status buffer. After each, a good request must complete with correct
-//! data. The block image is the host's pattern stream `kit.blk_seed=`.
+//! sectors, a read-only status buffer, lying vsock header lengths, short headers, unknown
+//! operations, receive buffers outside memory. After each, a good request must complete with
+//! correct data (for vsock: a connection request to a host port nobody listens on is answered
+//! with a RST for exactly that request). The block image is the host's pattern stream `kit.blk_seed=`.
 
 #![no_std]
 #![no_main]
@@ -77,6 +79,9 @@ fn run(bp: u64) -> ! {
     }
     if let Ok(f) = find(cmdline, id::RNG, 0) {
         hostile_rng(&mut r, f.regs);
+    }
+    if let Ok(f) = find(cmdline, id::VSOCK, 0) {
+        hostile_vsock(&mut r, f.regs);
     }
     if let Ok(f) = find(cmdline, id::BLOCK, 0) {
         let seed = kit_number(cmdline, "blk_seed").unwrap_or(0);
@@ -421,5 +426,156 @@ fn hostile_blk(r: &mut Report, g: Regs, seed: u64) {
         }
         r.record(&format!("hostile.blk.{case}"), result);
     }
+    let _ = g.reset();
+}
+
+/// Virtio-vsock header size.
+const VSOCK_HDR: u32 = 44;
+/// Host port nobody listens on (`<uds>_5999` does not exist).
+const VSOCK_DEAD_PORT: u32 = 5999;
+
+fn vsock_hdr(at: usize, src_cid: u64, src_port: u32, dst_port: u32, len: u32, op: u16) {
+    // SAFETY: `at` is a 44-byte header slot inside this test's DMA pages.
+    unsafe {
+        core::ptr::write_bytes(at as *mut u8, 0, VSOCK_HDR as usize);
+        core::ptr::write_unaligned(at as *mut u64, src_cid);
+        core::ptr::write_unaligned((at + 8) as *mut u64, 2);
+        core::ptr::write_unaligned((at + 16) as *mut u32, src_port);
+        core::ptr::write_unaligned((at + 20) as *mut u32, dst_port);
+        core::ptr::write_unaligned((at + 24) as *mut u32, len);
+        core::ptr::write_unaligned((at + 28) as *mut u16, 1);
+        core::ptr::write_unaligned((at + 30) as *mut u16, op);
+        core::ptr::write_unaligned((at + 36) as *mut u32, 64 << 10);
+    }
+}
+
+fn hostile_vsock(r: &mut Report, g: Regs) {
+    let setup = || -> Result<(RawQueue, RawQueue, RawQueue, usize, u64), String> {
+        g.begin_init(0)?;
+        let rx = RawQueue::setup(g, 0, 16)?;
+        let tx = RawQueue::setup(g, 1, 16)?;
+        let ev = RawQueue::setup(g, 2, 16)?;
+        g.driver_ok()?;
+        let cid = u64::from_le_bytes(core::array::from_fn(|i| g.config_u8(i)));
+        let pages = dma_pages(4).ok_or_else(|| String::from("DMA pool exhausted"))?;
+        Ok((rx, tx, ev, pages, cid))
+    };
+    let (mut rx, mut tx, _ev, pages, cid) = match setup() {
+        Ok(v) => v,
+        Err(e) => return r.record("hostile.vsock.setup", Err(e)),
+    };
+    // Page 0: TX headers (slot 0 good, slot 1 hostile) and a payload; pages 1-2: eight 1 KiB
+    // receive buffers; page 3 unused.
+    let good_hdr = pages;
+    let bad_hdr = pages + 64;
+    let payload = pages + 2048;
+    let rx_buf = |i: u16| pages + 4096 + 1024 * usize::from(i % 8);
+    // Eight receive buffers stay posted; each one is re-posted as soon as it has been read
+    // (answers to hostile packets may take some too).
+    let post = |rx: &mut RawQueue, i: u16| {
+        // SAFETY: the receive buffer is inside this test's DMA pages.
+        unsafe { core::ptr::write_bytes(rx_buf(i) as *mut u8, 0, 1024) };
+        rx.set_desc(i, rx_buf(i) as u64, 1024, WRITE, 0);
+        rx.publish(i);
+    };
+    for i in 0..8 {
+        post(&mut rx, i);
+    }
+    rx.notify();
+    let mut round = 0u16;
+    let mut good = |rx: &mut RawQueue, tx: &mut RawQueue| -> Result<(), String> {
+        round += 1;
+        let port = 40_100 + u32::from(round);
+        vsock_hdr(good_hdr, cid, port, VSOCK_DEAD_PORT, 0, 1);
+        tx.set_desc(0, good_hdr as u64, VSOCK_HDR, 0, 0);
+        tx.publish(0);
+        tx.notify();
+        tx.wait_for(0, deadline())
+            .ok_or_else(|| String::from("good TX packet not consumed"))?;
+        let d = deadline();
+        loop {
+            let (id, len) = rx
+                .wait_used(d)
+                .ok_or_else(|| format!("no RST for the request from port {port}"))?;
+            let Ok(i) = u16::try_from(id) else { continue };
+            if i >= 8 || len < VSOCK_HDR {
+                continue;
+            }
+            let at = rx_buf(i);
+            // SAFETY: the device wrote a header into this receive buffer.
+            let (src_port, dst_port, op) = unsafe {
+                (
+                    core::ptr::read_unaligned((at + 16) as *const u32),
+                    core::ptr::read_unaligned((at + 20) as *const u32),
+                    core::ptr::read_unaligned((at + 30) as *const u16),
+                )
+            };
+            post(rx, i);
+            rx.notify();
+            if dst_port == port {
+                return if op == 3 && src_port == VSOCK_DEAD_PORT {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "answer to port {port}: op {op} from port {src_port}, expected RST"
+                    ))
+                };
+            }
+        }
+    };
+    r.record("hostile.vsock.baseline", good(&mut rx, &mut tx));
+    let cases: [Case<'_>; 8] = [
+        ("header_outside", &|q| {
+            q.set_desc(4, FAR, VSOCK_HDR, 0, 0);
+            q.publish(4);
+        }),
+        ("header_short", &|q| {
+            vsock_hdr(bad_hdr, cid, 40_001, VSOCK_DEAD_PORT, 0, 1);
+            q.set_desc(4, bad_hdr as u64, 8, 0, 0);
+            q.publish(4);
+        }),
+        ("len_lies", &|q| {
+            // RW for a connection that does not exist, claiming 4 GiB of payload with none.
+            vsock_hdr(bad_hdr, cid, 40_002, VSOCK_DEAD_PORT, u32::MAX, 5);
+            q.set_desc(4, bad_hdr as u64, VSOCK_HDR, 0, 0);
+            q.publish(4);
+        }),
+        ("payload_outside", &|q| {
+            vsock_hdr(bad_hdr, cid, 40_003, VSOCK_DEAD_PORT, 100, 5);
+            q.set_desc(4, bad_hdr as u64, VSOCK_HDR, NEXT, 5);
+            q.set_desc(5, FAR, 100, 0, 0);
+            q.publish(4);
+        }),
+        ("payload_oversized", &|q| {
+            vsock_hdr(bad_hdr, cid, 40_004, VSOCK_DEAD_PORT, 0xffff_f000, 5);
+            q.set_desc(4, bad_hdr as u64, VSOCK_HDR, NEXT, 5);
+            q.set_desc(5, payload as u64, 0xffff_f000, 0, 0);
+            q.publish(4);
+        }),
+        ("loop", &|q| {
+            vsock_hdr(bad_hdr, cid, 40_005, VSOCK_DEAD_PORT, 16, 1);
+            q.set_desc(4, bad_hdr as u64, VSOCK_HDR, NEXT, 5);
+            q.set_desc(5, payload as u64, 16, NEXT, 4);
+            q.publish(4);
+        }),
+        ("unknown_op", &|q| {
+            vsock_hdr(bad_hdr, cid, 40_006, VSOCK_DEAD_PORT, 0, 99);
+            q.set_desc(4, bad_hdr as u64, VSOCK_HDR, 0, 0);
+            q.publish(4);
+        }),
+        ("bad_head", &|q| q.publish(200)),
+    ];
+    for (case, bad) in cases {
+        bad(&mut tx);
+        tx.notify();
+        r.record(&format!("hostile.vsock.{case}"), good(&mut rx, &mut tx));
+    }
+    // A receive buffer outside guest memory, then a request whose RST may land in it (and is
+    // then lost): the next request must still be answered in a good buffer.
+    rx.set_desc(12, FAR, 1024, WRITE, 0);
+    rx.publish(12);
+    rx.notify();
+    let _ = good(&mut rx, &mut tx);
+    r.record("hostile.vsock.rx_outside", good(&mut rx, &mut tx));
     let _ = g.reset();
 }
