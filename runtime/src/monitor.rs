@@ -177,6 +177,12 @@ pub enum Request {
     },
     /// Kill the container and tear the sandbox down; the monitor then exits.
     Delete,
+    /// Freeze the container (PauseContainer).
+    Pause,
+    /// Thaw it (ResumeContainer).
+    Resume,
+    /// List its processes (ListProcesses; guest pids).
+    Ps,
 }
 
 /// A control answer.
@@ -187,10 +193,22 @@ pub struct Response {
     /// Why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The pids, for `ps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Vec<u32>>,
 }
 
 /// Sends `req` to container `id`'s monitor and waits for the answer.
 pub fn request(store: &StateStore, id: &str, req: &Request) -> Result<(), MonitorError> {
+    request_with_answer(store, id, req).map(|_| ())
+}
+
+/// Sends `req` to container `id`'s monitor and returns its (successful) answer.
+pub fn request_with_answer(
+    store: &StateStore,
+    id: &str,
+    req: &Request,
+) -> Result<Response, MonitorError> {
     use std::io::{BufRead, Write};
     let path = store.dir(id).join(CONTROL_SOCKET);
     let connect = |source| MonitorError::Connect {
@@ -214,7 +232,7 @@ pub fn request(store: &StateStore, id: &str, req: &Request) -> Result<(), Monito
         ))
     })?;
     if resp.ok {
-        Ok(())
+        Ok(resp)
     } else {
         Err(MonitorError::Refused(
             resp.error.unwrap_or_else(|| "refused".into()),
@@ -746,6 +764,7 @@ fn refuse(msg: &str) -> Response {
     Response {
         ok: false,
         error: Some(msg.to_owned()),
+        pids: None,
     }
 }
 
@@ -753,7 +772,25 @@ fn ok() -> Response {
     Response {
         ok: true,
         error: None,
+        pids: None,
     }
+}
+
+async fn container_rpc(
+    agent: &AgentClient,
+    id: &str,
+    method: &'static str,
+) -> Result<Option<Vec<u32>>, MonitorError> {
+    let mut req = agent::ContainerRequest::new();
+    req.container_id = id.to_owned();
+    let svc = agent.service();
+    let ctx = agent.context();
+    let r = match method {
+        "PauseContainer" => svc.pause_container(ctx, &req).await.map(|_| None),
+        "ResumeContainer" => svc.resume_container(ctx, &req).await.map(|_| None),
+        _ => svc.list_processes(ctx, &req).await.map(|r| Some(r.pids)),
+    };
+    r.map_err(|e| rpc_error(method, &e))
 }
 
 /// The monitor's whole life; `on_created` is called once with the result of create (the
@@ -917,6 +954,35 @@ async fn run_monitor(
                             Err(e) => refuse(&chain(&e)),
                         });
                     }
+                    Request::Pause | Request::Resume => {
+                        let (want, next, method) = if req == Request::Pause {
+                            (Status::Running, Status::Paused, "PauseContainer")
+                        } else {
+                            (Status::Paused, Status::Running, "ResumeContainer")
+                        };
+                        if status != want {
+                            let _ = reply.send(refuse(&format!("container {id:?} is {status}, not {want}")));
+                            continue;
+                        }
+                        let r = match container_rpc(&agent, &id, method).await {
+                            Ok(_) => update_record(store, &id, |r| r.status = next)
+                                .map_err(MonitorError::from),
+                            Err(e) => Err(e),
+                        };
+                        let _ = reply.send(match r {
+                            Ok(()) => {
+                                status = next;
+                                ok()
+                            }
+                            Err(e) => refuse(&chain(&e)),
+                        });
+                    }
+                    Request::Ps => {
+                        let _ = reply.send(match container_rpc(&agent, &id, "ListProcesses").await {
+                            Ok(pids) => Response { pids, ..ok() },
+                            Err(e) => refuse(&chain(&e)),
+                        });
+                    }
                     Request::Delete => {
                         let _ = reply.send(ok());
                         break KILLED_STATUS;
@@ -933,6 +999,11 @@ async fn run_monitor(
         // The process exited: its output is flushed by the agent before it closes the streams.
         relays.drain(DRAIN_TIMEOUT).await;
     }
+    // The container is stopped from here on (`state`, `delete`), while the VM goes down.
+    update_record(store, &id, |r| {
+        r.status = Status::Stopped;
+        r.exit_status = Some(exit_code);
+    })?;
     let exit = if sandbox.exit_status().is_some() {
         sandbox.kill()
     } else {
@@ -945,10 +1016,6 @@ async fn run_monitor(
         }
     };
     log::info!("container {id}: exited with {exit_code}; VM: {exit}");
-    update_record(store, &id, |r| {
-        r.status = Status::Stopped;
-        r.exit_status = Some(exit_code);
-    })?;
     Ok(exit_code)
 }
 

@@ -192,6 +192,27 @@ pub enum Command {
         /// Container id.
         id: String,
     },
+    /// Freeze every process of a running container.
+    Pause {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// Container id.
+        id: String,
+    },
+    /// List a container's processes (pids in the guest).
+    Ps {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+        /// Container id.
+        id: String,
+        /// Accepted for runc compatibility (`ps` options); ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
     /// List containers.
     #[command(alias = "ls")]
     List {
@@ -229,6 +250,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         self::log::init(target, g.log_format, g.debug)?;
     }
     ::log::debug!("vmrun {:?}", std::env::args().collect::<Vec<_>>());
+    let pause = matches!(cli.command, Command::Pause { .. });
     match cli.command {
         Command::Spec { bundle, .. } => {
             oci::write_default_spec(&bundle)?;
@@ -277,6 +299,58 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Delete { force, id } => {
             let store = StateStore::open(&g.root)?;
             delete(&store, &id, force)?;
+            Ok(0)
+        }
+        Command::Pause { id } | Command::Resume { id } => {
+            let store = StateStore::open(&g.root)?;
+            let record = store.load(&id)?;
+            let status = record.effective_status();
+            let want = if pause {
+                Status::Running
+            } else {
+                Status::Paused
+            };
+            if status != want {
+                return Err(CliError::WrongState {
+                    id,
+                    status,
+                    what: if pause {
+                        "cannot pause a container that is not running"
+                    } else {
+                        "cannot resume a container that is not paused"
+                    },
+                });
+            }
+            let req = if pause {
+                monitor::Request::Pause
+            } else {
+                monitor::Request::Resume
+            };
+            monitor::request(&store, &id, &req)?;
+            Ok(0)
+        }
+        Command::Ps { format, id, .. } => {
+            let store = StateStore::open(&g.root)?;
+            let record = store.load(&id)?;
+            let status = record.effective_status();
+            let pids = if status == Status::Stopped || status == Status::Creating {
+                Vec::new()
+            } else {
+                monitor::request_with_answer(&store, &id, &monitor::Request::Ps)?
+                    .pids
+                    .unwrap_or_default()
+            };
+            let text = match format {
+                ListFormat::Json => format!("{}\n", serde_json::json!(pids)),
+                ListFormat::Table => {
+                    let mut t = String::from("PID (guest)\n");
+                    for p in pids {
+                        t.push_str(&format!("{p}\n"));
+                    }
+                    t
+                }
+            };
+            print_out(&text, "ps")?;
             Ok(0)
         }
         Command::Monitor(args) => Ok(monitor::main(g, &args)),
@@ -420,8 +494,10 @@ fn ask_monitor_to_delete(store: &StateStore, record: &crate::state::ContainerRec
         return;
     }
     if let Err(e) = monitor::request(store, &record.id, &monitor::Request::Delete) {
-        ::log::warn!("container {}: {e}; killing its monitor", record.id);
-        monitor::kill_monitor(record);
+        // The container may have exited just now and its monitor be tearing the VM down
+        // (its control socket is gone then): `delete` waits for it, and kills it only if it
+        // does not finish.
+        ::log::debug!("container {}: {e}", record.id);
     }
 }
 
