@@ -101,7 +101,7 @@ pub enum MonitorError {
     #[error("{0}")]
     CreateFailed(String),
     /// The monitor exited before it reported.
-    #[error("the monitor exited before the container was created ({0}); see {1}")]
+    #[error("the monitor exited before it reported ({0}); see the logs under {1}")]
     MonitorDied(String, PathBuf),
     /// The control socket could not be reached.
     #[error("cannot reach the monitor of container {id:?} (is it still running?)")]
@@ -274,8 +274,6 @@ pub fn spawn_detached(
     args: &CreateArgs,
     bundle: &Bundle,
 ) -> Result<i32, MonitorError> {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
     let root = crate::cli::absolute(store.root());
     let lock = store.create(&new_record(&args.id, bundle, &root))?;
     drop(lock);
@@ -289,14 +287,47 @@ pub fn spawn_detached(
         }
     };
 
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
-        cleanup(store);
-        MonitorError::Spawn(e.into())
-    })?;
-    let exe = std::env::current_exe().map_err(|e| {
-        cleanup(store);
-        MonitorError::Spawn(e)
-    })?;
+    let mut extra: Vec<std::ffi::OsString> = vec![
+        "monitor".into(),
+        "--bundle".into(),
+        bundle.dir.clone().into_os_string(),
+    ];
+    if let Some(cs) = &args.console_socket {
+        extra.push("--console-socket".into());
+        extra.push(crate::cli::absolute(cs).into_os_string());
+    }
+    extra.push(args.id.clone().into());
+    match spawn_helper(store, g, &extra) {
+        Ok(pid) => {
+            if let Some(pid_file) = &args.pid_file {
+                if let Err(e) = write_pid_file(pid_file, pid) {
+                    let _ = request(store, &args.id, &Request::Delete);
+                    return Err(e);
+                }
+            }
+            Ok(pid)
+        }
+        Err(e) => {
+            cleanup(store);
+            Err(e)
+        }
+    }
+}
+
+/// Starts `vmrun [global flags] <extra>` (a monitor subcommand) in its own session with this
+/// process's stdio and an inherited pipe as `--ready-fd 3`, and waits until it reports:
+/// returns its pid after `ok`, or the error it reported (after waiting for it to exit).
+pub fn spawn_helper(
+    store: &StateStore,
+    g: &GlobalOpts,
+    extra: &[std::ffi::OsString],
+) -> Result<i32, MonitorError> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let root = crate::cli::absolute(store.root());
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| MonitorError::Spawn(e.into()))?;
+    let exe = std::env::current_exe().map_err(MonitorError::Spawn)?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--root").arg(&root);
     if let Some(log) = &g.log {
@@ -309,15 +340,14 @@ pub fn spawn_detached(
     if g.debug {
         cmd.arg("--debug");
     }
-    cmd.arg("monitor")
-        .arg("--bundle")
-        .arg(&bundle.dir)
+    let (sub, rest) = extra
+        .split_first()
+        .ok_or_else(|| MonitorError::Spawn(std::io::Error::other("no helper subcommand")))?;
+    cmd.arg(sub)
         .arg("--ready-fd")
-        .arg("3");
-    if let Some(cs) = &args.console_socket {
-        cmd.arg("--console-socket").arg(crate::cli::absolute(cs));
-    }
-    cmd.arg(&args.id).current_dir("/");
+        .arg("3")
+        .args(rest)
+        .current_dir("/");
     let ready_raw = ready_w.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
     // functions (setsid, dup2); it allocates nothing.
@@ -333,30 +363,23 @@ pub fn spawn_detached(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        cleanup(store);
-        MonitorError::Spawn(e)
-    })?;
+    let mut child = cmd.spawn().map_err(MonitorError::Spawn)?;
     drop(ready_w);
     let mut answer = String::new();
     let _ = std::fs::File::from(ready_r).read_to_string(&mut answer);
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     if answer.starts_with("ok") {
-        if let Some(pid_file) = &args.pid_file {
-            write_pid_file(pid_file, pid)?;
-        }
-        // The monitor outlives us; it is reparented to the nearest subreaper (conmon, the
+        // The helper outlives us; it is reparented to the nearest subreaper (conmon, the
         // runc shim) or init.
         drop(child);
         return Ok(pid);
     }
     let status = child.wait().ok();
-    cleanup(store);
     match answer.strip_prefix("error ") {
         Some(msg) => Err(MonitorError::CreateFailed(msg.trim_end().to_owned())),
         None => Err(MonitorError::MonitorDied(
             status.map_or_else(|| "unknown status".into(), |s| s.to_string()),
-            store.dir(&args.id).join(MONITOR_LOG),
+            store.root().to_path_buf(),
         )),
     }
 }
@@ -584,7 +607,8 @@ fn update_record(
     lock.save(&r)
 }
 
-fn rpc_error(method: &'static str, e: &ttrpc::Error) -> MonitorError {
+/// An agent RPC failure as a [`MonitorError`], with the agent's own message.
+pub fn rpc_error(method: &'static str, e: &ttrpc::Error) -> MonitorError {
     let message = match e {
         ttrpc::Error::RpcStatus(s) => s.message().to_owned(),
         other => other.to_string(),
@@ -669,7 +693,7 @@ async fn create_container(
             let size = stdio::winsize(pty.slave.as_fd());
             let relays = stdio::relay_pty(tty, pty.slave).map_err(io_err("host pty"))?;
             if let Some((rows, cols)) = size {
-                resize(agent, id, rows, cols).await;
+                resize(agent, id, None, rows, cols).await;
             }
             relays
         }
@@ -678,7 +702,7 @@ async fn create_container(
             let relays = stdio::relay_inherited(streams, foreground);
             if tty {
                 if let Some((rows, cols)) = stdio::winsize(std::io::stdin().as_fd()) {
-                    resize(agent, id, rows, cols).await;
+                    resize(agent, id, None, rows, cols).await;
                 }
             }
             relays
@@ -687,9 +711,11 @@ async fn create_container(
     Ok((sandbox, relays))
 }
 
-async fn resize(agent: &AgentClient, id: &str, rows: u16, cols: u16) {
+/// ResizeTty of a container's init process (`exec_id` None) or of an exec'd process.
+pub async fn resize(agent: &AgentClient, id: &str, exec_id: Option<&str>, rows: u16, cols: u16) {
     let mut req = agent::ResizeTtyRequest::new();
     req.container_id = id.to_owned();
+    req.exec_id = exec_id.unwrap_or_default().to_owned();
     req.rows = u32::from(rows);
     req.cols = u32::from(cols);
     if let Err(e) = agent.service().resize_tty(agent.context(), &req).await {
@@ -923,7 +949,7 @@ async fn run_monitor(
                     std::fs::File::open("/dev/tty").ok().and_then(|f| stdio::winsize(f.as_fd()))
                 };
                 if let Some((rows, cols)) = size {
-                    resize(&agent, &id, rows, cols).await;
+                    resize(&agent, &id, None, rows, cols).await;
                 }
             }
             Some((req, reply)) = rx.recv() => {

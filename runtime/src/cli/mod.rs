@@ -8,6 +8,7 @@
 //! control socket. Errors are [`CliError`]s; `main` prints them on stderr and, with `--log`, as
 //! a log line (JSON with `--log-format json`), then exits 1.
 
+pub mod exec;
 pub mod log;
 pub mod signal;
 
@@ -192,6 +193,11 @@ pub enum Command {
         /// Container id.
         id: String,
     },
+    /// Run an additional process in a running container.
+    Exec(exec::ExecArgs),
+    /// Internal: the monitor of a detached exec (started by `exec -d`).
+    #[command(hide = true)]
+    ExecMonitor(exec::ExecMonitorArgs),
     /// Freeze every process of a running container.
     Pause {
         /// Container id.
@@ -242,7 +248,7 @@ pub enum ListFormat {
 /// Runs the parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32, CliError> {
     let g = &cli.global;
-    if !matches!(cli.command, Command::Monitor(_)) {
+    if !matches!(cli.command, Command::Monitor(_) | Command::ExecMonitor(_)) {
         let target = match &g.log {
             Some(p) => self::log::Target::File(p),
             None => self::log::Target::Stderr,
@@ -354,6 +360,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Monitor(args) => Ok(monitor::main(g, &args)),
+        Command::Exec(args) => {
+            let store = StateStore::open(&g.root)?;
+            exec::exec(&store, g, &args)
+        }
+        Command::ExecMonitor(args) => {
+            let store = StateStore::open(&g.root)?;
+            Ok(exec::exec_monitor(&store, &args))
+        }
         Command::State { id } => {
             let store = StateStore::open(&g.root)?;
             let state = store.load(&id)?.oci_state();
