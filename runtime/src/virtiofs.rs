@@ -4,7 +4,8 @@
 //! The sandbox's virtio-fs share: a per-sandbox directory `<state>/shared`, served to the guest
 //! by one `virtiofsd` per boot, into which container rootfs and volumes are bind-mounted.
 //!
-//! Layout inside the share (the guest sees it under [`GUEST_SHARED_DIR`]):
+//! The agent mounts the share (tag [`SHARED_FS_TAG`]) when the sandbox calls `CreateSandbox`
+//! with it. Layout inside the share (the guest sees it under [`GUEST_SHARED_DIR`]):
 //! `<container_id>/rootfs` and `<container_id>/volumes/<name>`.
 //!
 //! Mount propagation: `/` is a private mount on this kind of host, and virtiofsd's namespace
@@ -28,8 +29,6 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 pub const SHARED_FS_TAG: &str = crate::hypervisor::SHARED_FS_TAG;
 /// Where the agent mounts the share in the guest.
 pub const GUEST_SHARED_DIR: &str = "/run/vmrun/shared";
-/// The kernel command-line word that tells the agent to mount the share (tag as value).
-pub const AGENT_SHARED_FS_PARAM: &str = "VMRUN_AGENT_SHARED_FS";
 
 /// Errors from the share.
 #[derive(Debug, thiserror::Error)]

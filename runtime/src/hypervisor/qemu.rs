@@ -147,7 +147,7 @@ mod tests {
         VmSpec {
             kernel: PathBuf::from("/a/bzImage"),
             initrd: PathBuf::from("/a/initramfs.cpio"),
-            extra_cmdline: vec!["VMRUN_AGENT_SHARED_FS=vmrun".to_owned()],
+            extra_cmdline: vec!["VMRUN_AGENT_LOG_LEVEL=debug".to_owned()],
             vcpus: 1,
             memory_mib: 256,
             console_log: PathBuf::from("/s/console.log"),
@@ -190,7 +190,7 @@ mod tests {
         let append = a.iter().position(|x| x == "-append").unwrap();
         assert_eq!(
             a[append + 1],
-            "console=ttyS0 reboot=t panic=-1 quiet VMRUN_AGENT_SHARED_FS=vmrun"
+            "console=ttyS0 reboot=t panic=-1 quiet VMRUN_AGENT_LOG_LEVEL=debug"
         );
         let no_fs = args(&q.command(&spec(false))).join(" ");
         assert!(!no_fs.contains("vhost-user-fs"));

@@ -506,13 +506,6 @@ impl Sandbox {
             self.id.clone(),
         )));
 
-        if cfg.shared_fs {
-            extra_cmdline.push(format!(
-                "{}={}",
-                virtiofs::AGENT_SHARED_FS_PARAM,
-                virtiofs::SHARED_FS_TAG
-            ));
-        }
         let spec = VmSpec {
             kernel,
             initrd,
@@ -615,10 +608,21 @@ impl Sandbox {
                     console_tail: console_tail(&self.paths.console_log),
                 });
             }
-            let attempt = (deadline - now).min(Duration::from_secs(3));
+            // A handshake always ends (OK, or EOF while nothing listens yet) unless the daemon
+            // is wedged; under a heavily loaded TCG host it can take seconds, so an attempt is
+            // bounded generously and only to survive a wedged peer.
+            let attempt = (deadline - now).min(Duration::from_secs(20));
+            let t = Instant::now();
             match vsock::connect(&self.paths.vsock_uds, AGENT_PORT, attempt).await {
                 Ok(stream) => return Ok(AgentClient::new(stream, DEFAULT_RPC_TIMEOUT)),
-                Err(e) => last_error = e.to_string(),
+                Err(e) => {
+                    log::debug!(
+                        "sandbox {}: agent connect after {:?}: {e}",
+                        self.id,
+                        t.elapsed()
+                    );
+                    last_error = e.to_string();
+                }
             }
             // Wake early if the hypervisor dies meanwhile.
             let mut rx = self.exit_rx.clone();

@@ -1,0 +1,320 @@
+// Copyright 2026 The vmrun Authors
+// SPDX-License-Identifier: Apache-2.0
+
+//! Sandbox system tests: real microVMs (the selected backend: QEMU/TCG on a PVM host) with the
+//! real guest kernel and agent, real daemons, and the "nothing left behind" check after each.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use vmrun_runtime::agent_client::AgentError;
+use vmrun_runtime::hypervisor::VmExit;
+use vmrun_runtime::sandbox::{Sandbox, SandboxConfig, SandboxError};
+use vmrun_tests::sandbox::{
+    assert_cleaned_up, busybox_initramfs, host_config, wait_for_line, TestRoot,
+};
+
+fn config(id: &str, root: &TestRoot) -> SandboxConfig {
+    SandboxConfig::new(id, root.path(), &host_config())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_boots_answers_check_streams_logs_and_stops_cleanly() {
+    let root = TestRoot::new("boot");
+    let mut cfg = config("s1", &root);
+    cfg.settings.debug_console = true;
+    // With a hostname the sandbox calls CreateSandbox, which the agent logs.
+    cfg.hostname = Some("vmrun-test".to_owned());
+    let mut sb = Sandbox::start(cfg).await.expect("sandbox boots");
+    println!(
+        "vmrun-test: ran sandbox_boot on {} ({}): ready after {:?}",
+        sb.hypervisor().describe(),
+        sb.selection_reason(),
+        sb.boot_to_ready().unwrap()
+    );
+    let v = sb.agent_version().unwrap();
+    assert_eq!(v.api_version, vmrun_protocol::API_VERSION);
+    assert!(!v.agent_version.is_empty());
+    // Check over vsock, again, on the live connection.
+    let check = sb.agent().unwrap().check().await.expect("Check");
+    assert!(check.ready_ms > 0, "{check:?}");
+    assert!(!check.checks.is_empty(), "the agent reports its self-check");
+    // The agent's log stream reached <uds>_1025 and was written to agent.log.
+    let line = wait_for_line(
+        &sb.paths().agent_log,
+        "CreateSandbox",
+        Duration::from_secs(20),
+    );
+    assert!(
+        line.is_some(),
+        "the agent's log line did not arrive on port 1025"
+    );
+    let console = std::fs::read_to_string(&sb.paths().console_log).unwrap();
+    assert!(
+        console.contains("vmrun-agent: ready"),
+        "console:\n{console}"
+    );
+
+    let pids = sb.pids();
+    assert_eq!(pids.len(), 2, "qemu + vhost-device-vsock");
+    let report = sb.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    assert_eq!(report.exit, VmExit::Clean, "{report}");
+    drop(sb);
+    assert_cleaned_up(root.path(), "s1", &pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_version_mismatch_is_refused_with_both_versions() {
+    let root = TestRoot::new("api");
+    let mut cfg = config("s1", &root);
+    cfg.expected_api_version = vmrun_protocol::API_VERSION + 100;
+    let err = Sandbox::start(cfg)
+        .await
+        .expect_err("a mismatching agent must be refused");
+    let SandboxError::Agent(AgentError::ApiVersionMismatch {
+        agent_api,
+        expected,
+        ..
+    }) = &err
+    else {
+        panic!("unexpected error: {err}");
+    };
+    assert_eq!(
+        (*agent_api, *expected),
+        (
+            vmrun_protocol::API_VERSION,
+            vmrun_protocol::API_VERSION + 100
+        )
+    );
+    let msg = format!("{}", std::error::Error::source(&err).unwrap());
+    assert!(
+        msg.contains(&format!("API version {}", vmrun_protocol::API_VERSION)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("speaks {}", vmrun_protocol::API_VERSION + 100)),
+        "{msg}"
+    );
+    assert_cleaned_up(root.path(), "s1", &[]);
+    let _ = std::fs::remove_file(root.path().join("s1.console.log"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_that_never_becomes_ready_times_out_naming_the_console_log() {
+    let root = TestRoot::new("never");
+    let initrd = busybox_initramfs(
+        root.path(),
+        "echo vmrun-test: not-an-agent init running; exec /bin/busybox sleep 100000",
+    );
+    let mut cfg = config("s1", &root);
+    cfg.host.artifacts.initrd = Some(initrd.clone());
+    cfg.settings.boot_timeout_secs = 15;
+    let started = std::time::Instant::now();
+    let err = Sandbox::start(cfg).await.expect_err("no agent, no sandbox");
+    let elapsed = started.elapsed();
+    let SandboxError::BootTimeout {
+        console_log,
+        console_tail,
+        ..
+    } = &err
+    else {
+        panic!("unexpected error: {err}");
+    };
+    assert!(elapsed < Duration::from_secs(40), "took {elapsed:?}");
+    let text = err.to_string();
+    assert!(text.contains(&console_log.display().to_string()), "{text}");
+    assert!(
+        console_tail.contains("not-an-agent init running"),
+        "{console_tail}"
+    );
+    let kept = std::fs::read_to_string(console_log).unwrap();
+    assert!(kept.contains("not-an-agent init running"));
+    assert_cleaned_up(root.path(), "s1", &[]);
+    std::fs::remove_file(console_log).unwrap();
+    std::fs::remove_file(initrd).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_initramfs_is_a_guest_crash_with_the_console_tail() {
+    let root = TestRoot::new("garbage");
+    let initrd = root.path().join("garbage.cpio");
+    std::fs::write(&initrd, b"this is not a cpio archive\n".repeat(100)).unwrap();
+    let mut cfg = config("s1", &root);
+    cfg.host.artifacts.initrd = Some(initrd.clone());
+    cfg.settings.debug_console = true;
+    let err = Sandbox::start(cfg)
+        .await
+        .expect_err("garbage must not boot");
+    let SandboxError::HypervisorExited {
+        exit,
+        console_tail,
+        console_log,
+        ..
+    } = &err
+    else {
+        panic!("unexpected error: {err}");
+    };
+    assert_eq!(*exit, VmExit::Crashed, "{err}");
+    assert!(console_tail.contains("Kernel panic"), "{console_tail}");
+    assert_cleaned_up(root.path(), "s1", &[]);
+    std::fs::remove_file(console_log).unwrap();
+    std::fs::remove_file(initrd).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_hypervisor_is_reported_and_everything_is_cleaned_up() {
+    let root = TestRoot::new("kill");
+    let sb = Sandbox::start(config("s1", &root))
+        .await
+        .expect("sandbox boots");
+    let pids = sb.pids();
+    let hv = sb.hypervisor_pid().unwrap();
+    // SAFETY: kill(2) on the hypervisor this test's sandbox started.
+    assert_eq!(unsafe { libc::kill(hv, libc::SIGKILL) }, 0);
+    let report = tokio::time::timeout(Duration::from_secs(10), sb.wait_exit())
+        .await
+        .expect("the watcher reports the death");
+    assert_eq!(
+        report.exit,
+        VmExit::Killed {
+            signal: libc::SIGKILL
+        }
+    );
+    assert_eq!(
+        sb.exit_status(),
+        Some(VmExit::Killed {
+            signal: libc::SIGKILL
+        })
+    );
+    // The daemons are stopped by the watcher without waiting for the owner.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| vmrun_tests::sandbox::process_alive(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemons outlived the hypervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = sb.agent().expect_err("no agent after the VM died");
+    assert!(
+        matches!(err, SandboxError::HypervisorExited { .. }),
+        "{err}"
+    );
+    drop(sb);
+    assert_cleaned_up(root.path(), "s1", &pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_sandboxes_at_once() {
+    let root = TestRoot::new("four");
+    let starts = (0..4).map(|i| Sandbox::start(config(&format!("s{i}"), &root)));
+    let results = futures_join_all(starts.collect()).await;
+    let mut sandboxes = Vec::new();
+    for r in results {
+        sandboxes.push(r.expect("each of 4 concurrent sandboxes boots"));
+    }
+    for sb in &sandboxes {
+        let v = sb.agent().unwrap().version().await.expect("Version");
+        assert_eq!(v.api_version, vmrun_protocol::API_VERSION);
+        println!(
+            "vmrun-test: {} ready after {:?}",
+            sb.id(),
+            sb.boot_to_ready().unwrap()
+        );
+    }
+    let all_pids: Vec<(String, Vec<i32>)> = sandboxes
+        .iter()
+        .map(|s| (s.id().to_owned(), s.pids()))
+        .collect();
+    let mut stops = Vec::new();
+    for mut sb in sandboxes {
+        stops.push(tokio::spawn(async move {
+            sb.shutdown(Duration::from_secs(5)).await.map(|r| r.exit)
+        }));
+    }
+    for s in stops {
+        assert_eq!(s.await.unwrap().unwrap(), VmExit::Clean);
+    }
+    for (id, pids) in all_pids {
+        assert_cleaned_up(root.path(), &id, &pids);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_with_share_mounts_it_in_the_guest() {
+    let root = TestRoot::new("share");
+    let mut cfg = config("s1", &root);
+    cfg.shared_fs = true;
+    cfg.hostname = Some("vmrun-test".to_owned());
+    let mut sb = Sandbox::start(cfg)
+        .await
+        .expect("sandbox with a share boots (CreateSandbox mounts it)");
+    let pids = sb.pids();
+    assert_eq!(pids.len(), 3, "qemu + vhost-device-vsock + virtiofsd");
+    // A rootfs bound in after virtiofsd started is visible under the share.
+    let src = root.path().join("rootfs-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("marker"), "from host").unwrap();
+    let share = sb.share().unwrap();
+    let guest_path = share.mount_rootfs("c1", &src, true).unwrap();
+    assert_eq!(
+        guest_path,
+        std::path::Path::new("/run/vmrun/shared/c1/rootfs")
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.path().join("c1/rootfs/marker")).unwrap(),
+        "from host"
+    );
+    let report = sb.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(report.exit, VmExit::Clean, "{report}");
+    drop(sb);
+    assert_cleaned_up(root.path(), "s1", &pids);
+    // The bind source is untouched by the teardown.
+    assert_eq!(
+        std::fs::read_to_string(src.join("marker")).unwrap(),
+        "from host"
+    );
+    std::fs::remove_dir_all(&src).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_on_vmrun_vmm() {
+    if !vmrun_tests::require_hardware_kvm("sandbox_on_vmrun_vmm") {
+        return;
+    }
+    let root = TestRoot::new("vmm");
+    let mut cfg = config("s1", &root);
+    cfg.host.binaries.vmrun_vmm = vmrun_tests::host_bin("vmrun-vmm")
+        .to_string_lossy()
+        .into_owned();
+    cfg.settings.backend = vmrun_runtime::config::BackendChoice::VmrunVmm;
+    let mut sb = Sandbox::start(cfg)
+        .await
+        .expect("sandbox boots on vmrun-vmm");
+    let pids = sb.pids();
+    let report = sb.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(report.exit, VmExit::Clean, "{report}");
+    drop(sb);
+    assert_cleaned_up(root.path(), "s1", &pids);
+}
+
+#[test]
+fn annotations_reach_the_settings() {
+    let cfg = host_config();
+    let ann: BTreeMap<String, String> =
+        [("io.vmrun.memory_mib".to_owned(), "128".to_owned())].into();
+    assert_eq!(cfg.sandbox_settings(&ann).unwrap().memory_mib, 128);
+}
+
+/// Awaits all futures concurrently (no `futures` dependency needed).
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futs: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
