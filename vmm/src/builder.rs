@@ -94,6 +94,15 @@ pub enum BuildError {
     /// Signal handler installation.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// The virtio-fs back-end could not be reached or set up.
+    #[error("virtio-fs back-end {path}")]
+    Fs {
+        /// The back-end socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::devices::virtio::fs::FsError,
+    },
     /// Seccomp filters.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),

@@ -62,6 +62,14 @@ pub enum ConfigError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A `--fs` argument could not be parsed.
+    #[error("invalid fs spec {spec:?}: {reason}")]
+    FsSpec {
+        /// The argument as given.
+        spec: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A `--serial` argument could not be parsed.
     #[error("invalid serial output {0:?}: expected stdout, none or a file path")]
     Serial(String),
@@ -172,6 +180,37 @@ impl FromStr for BlockConfig {
     }
 }
 
+/// A virtio-fs device served by a vhost-user back-end (virtiofsd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The back-end's vhost-user socket (virtiofsd `--socket-path`).
+    pub socket: PathBuf,
+    /// The mount tag the guest uses (1..=36 bytes).
+    pub tag: String,
+}
+
+impl FromStr for FsConfig {
+    type Err = ConfigError;
+
+    /// Parses `SOCKET,tag=TAG`.
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ConfigError::FsSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let (socket, rest) = spec.split_once(',').ok_or(err("expected SOCKET,tag=TAG"))?;
+        let tag = rest.strip_prefix("tag=").ok_or(err("expected tag=TAG"))?;
+        if socket.is_empty() {
+            return Err(err("empty socket path"));
+        }
+        Ok(Self {
+            socket: PathBuf::from(socket),
+            tag: tag.to_string(),
+        })
+    }
+}
+
 /// Everything needed to build one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +244,9 @@ pub struct VmConfig {
     /// Add a virtio-rng device.
     #[serde(default)]
     pub rng: bool,
+    /// Optional virtio-fs device (vhost-user frontend).
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
     /// Optional API socket path (JSON requests, mode 0600).
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
@@ -247,6 +289,7 @@ impl VmConfig {
             vsock: None,
             block: Vec::new(),
             rng: false,
+            fs: None,
             api_sock: None,
             test_payload: false,
             seccomp: default_seccomp(),
@@ -267,7 +310,10 @@ impl VmConfig {
 
     /// Number of virtio-mmio devices this configuration asks for.
     pub fn virtio_device_count(&self) -> usize {
-        self.block.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng)
+        self.block.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
+            + usize::from(self.fs.is_some())
     }
 
     /// Checks ranges and consistency (not the existence of files: building reports those).
@@ -309,6 +355,11 @@ impl VmConfig {
                 }
             }
         }
+        if let Some(fs) = &self.fs {
+            if fs.tag.is_empty() || fs.tag.len() > 36 {
+                return invalid("fs.tag", format!("{:?} is not 1..=36 bytes", fs.tag));
+            }
+        }
         if self.cmdline.contains('\0') {
             return invalid("cmdline", "contains a NUL byte".to_string());
         }
@@ -330,6 +381,21 @@ mod tests {
         assert!(!b.read_only && b.id.is_none());
         assert!("".parse::<BlockConfig>().is_err());
         assert!("/x,rw".parse::<BlockConfig>().is_err());
+    }
+
+    #[test]
+    fn fs_spec_parses() {
+        let f: FsConfig = "/run/fs.sock,tag=vmrun".parse().unwrap();
+        assert_eq!(f.socket, PathBuf::from("/run/fs.sock"));
+        assert_eq!(f.tag, "vmrun");
+        assert!("/run/fs.sock".parse::<FsConfig>().is_err());
+        assert!(",tag=x".parse::<FsConfig>().is_err());
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.fs = Some(FsConfig {
+            socket: "/s".into(),
+            tag: "x".repeat(37),
+        });
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

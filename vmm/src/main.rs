@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmrun_vmm::config::{BlockConfig, SerialOutput, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
+use vmrun_vmm::config::{
+    BlockConfig, FsConfig, SerialOutput, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+};
 use vmrun_vmm::exit_code;
 
 /// Command line; `--config` excludes every VM option.
@@ -21,7 +23,7 @@ use vmrun_vmm::exit_code;
 )]
 struct Cli {
     /// Read the whole VM configuration from a JSON file.
-    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "serial", "vsock_uds", "vsock_cid", "block", "rng", "api_sock", "test_payload"])]
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "serial", "vsock_uds", "vsock_cid", "block", "rng", "fs", "api_sock", "test_payload"])]
     config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -53,6 +55,9 @@ struct Cli {
     /// Add a virtio-rng device.
     #[arg(long)]
     rng: bool,
+    /// virtio-fs through a vhost-user back-end (virtiofsd): SOCKET,tag=TAG.
+    #[arg(long, value_name = "SOCKET,tag=TAG")]
+    fs: Option<FsConfig>,
     /// API socket path.
     #[arg(long = "api-sock", value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -89,6 +94,7 @@ impl Cli {
         });
         cfg.block = self.block;
         cfg.rng = self.rng;
+        cfg.fs = self.fs;
         cfg.api_sock = self.api_sock;
         cfg.test_payload = self.test_payload;
         Ok(cfg)

@@ -65,6 +65,10 @@ const COMMON: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+/// Syscalls of vCPU threads on top of [`COMMON`]: the vhost-user messages a virtio-fs
+/// activation or reset sends (DRIVER_OK and Status = 0 are handled on the vCPU thread).
+const VCPU: &[i64] = &[libc::SYS_sendmsg, libc::SYS_recvmsg];
+
 /// Syscalls of the event-loop thread on top of [`COMMON`].
 const EVENT_LOOP: &[i64] = &[
     libc::SYS_epoll_wait,
@@ -132,7 +136,7 @@ fn build(extra: &[i64], ioctls: &[u64]) -> Result<BpfProgram, SeccompError> {
 
 /// The vCPU threads' filter.
 pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
-    build(&[], &[KVM_RUN, KVM_GET_REGS])
+    build(VCPU, &[KVM_RUN, KVM_GET_REGS])
 }
 
 /// The event-loop thread's filter.

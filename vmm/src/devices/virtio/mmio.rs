@@ -330,14 +330,17 @@ impl MmioTransport {
             SHM_SEL => {}
             QUEUE_NUM | QUEUE_READY | QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_AVAIL_LOW
             | QUEUE_AVAIL_HIGH | QUEUE_USED_LOW | QUEUE_USED_HIGH => {
-                if offset == QUEUE_READY && v == 0 && self.activated {
-                    // Queue reset by the driver (virtio-drivers does this when a device is
-                    // dropped): the device stops; the queue's registers become writable.
+                if offset == QUEUE_READY && v == 0 && self.status & STATUS_DRIVER_OK != 0 {
+                    // Queue reset by the driver (virtio-drivers does this for every queue when a
+                    // device is dropped): the device stops; the queue's registers become
+                    // writable.
                     if let Some(q) = self.selected_queue() {
                         q.set_ready(false);
                     }
-                    lock(&self.device).reset();
-                    self.activated = false;
+                    if self.activated {
+                        lock(&self.device).reset();
+                        self.activated = false;
+                    }
                     return;
                 }
                 let selected_disabled = self.status & STATUS_DRIVER_OK != 0
@@ -551,6 +554,10 @@ mod tests {
         assert!(d.lock().unwrap().active.is_none());
         w(&mut t, regs::QUEUE_DESC_LOW, 0);
         assert_eq!(t.queues[1].desc_table(), 0);
+        // The other queue can be reset too once the device has stopped.
+        w(&mut t, regs::QUEUE_SEL, 0);
+        w(&mut t, regs::QUEUE_READY, 0);
+        assert_eq!(r(&mut t, regs::QUEUE_READY), 0);
         w(&mut t, regs::STATUS, 0);
         assert_eq!(r(&mut t, regs::STATUS), 0);
         assert!(d.lock().unwrap().active.is_none());

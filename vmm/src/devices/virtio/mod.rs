@@ -8,9 +8,10 @@
 //! its queues, guest memory and [`Interrupt`] when the driver sets DRIVER_OK.
 //!
 //! Devices are placed at `0xd0000000 + i·0x1000` with IRQ `5 + i`, in the order
-//! block devices, vsock, rng.
+//! block devices, vsock, rng, fs.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod queue_util;
 pub mod rng;
@@ -132,6 +133,9 @@ pub enum ActivateError {
     /// A required queue is not ready.
     #[error("queue {0} is not ready")]
     QueueNotReady(usize),
+    /// A vhost-user back-end refused the set-up.
+    #[error("back-end: {0}")]
+    Backend(String),
 }
 
 /// A virtio device behind the MMIO transport.
@@ -202,6 +206,16 @@ pub fn add_devices(
             source,
         })?;
         ctx.metrics.register("rng".into(), dev.metrics());
+        let dev = Arc::new(Mutex::new(dev));
+        attach(ctx, index, dev.clone(), dev)?;
+        index += 1;
+    }
+    if let Some(f) = &cfg.fs {
+        let dev = fs::Fs::new(&f.socket, &f.tag).map_err(|source| BuildError::Fs {
+            path: f.socket.clone(),
+            source,
+        })?;
+        ctx.metrics.register("fs".into(), dev.metrics());
         let dev = Arc::new(Mutex::new(dev));
         attach(ctx, index, dev.clone(), dev)?;
         index += 1;
