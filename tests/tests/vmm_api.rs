@@ -36,7 +36,9 @@ fn vmm_api_pause_resume_metrics_stop() {
         if r["ok"] != true {
             return Err(format!("pause: {r}"));
         }
-        // At most one tick may have been in flight when the vCPU was parked.
+        // Let lines written before the pause reach us; then at most one tick (parked mid-line)
+        // may complete while paused.
+        std::thread::sleep(Duration::from_millis(150));
         let paused_at = vm.line_count();
         std::thread::sleep(Duration::from_millis(400));
         let after = vm.line_count();
