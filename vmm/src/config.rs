@@ -70,6 +70,14 @@ pub enum ConfigError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A `--net` argument could not be parsed.
+    #[error("invalid net spec {spec:?}: {reason}")]
+    NetSpec {
+        /// The argument as given.
+        spec: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A `--serial` argument could not be parsed.
     #[error("invalid serial output {0:?}: expected stdout, none or a file path")]
     Serial(String),
@@ -211,6 +219,50 @@ impl FromStr for FsConfig {
     }
 }
 
+/// A virtio-net device on a tap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap interface to open (created if missing).
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// An already open tap fd inherited from the parent (exclusive with `tap`).
+    #[serde(default)]
+    pub fd: Option<i32>,
+    /// Guest MAC address `aa:bb:cc:dd:ee:ff`; default `02:00:00:00:00:0N` for the N-th device.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+impl FromStr for NetConfig {
+    type Err = ConfigError;
+
+    /// Parses `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]`.
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ConfigError::NetSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let mut cfg = NetConfig {
+            tap: None,
+            fd: None,
+            mac: None,
+        };
+        for part in spec.split(',') {
+            if let Some(t) = part.strip_prefix("tap=") {
+                cfg.tap = Some(t.to_string());
+            } else if let Some(f) = part.strip_prefix("fd=") {
+                cfg.fd = Some(f.parse().map_err(|_| err("fd is not a number"))?);
+            } else if let Some(m) = part.strip_prefix("mac=") {
+                cfg.mac = Some(m.to_string());
+            } else {
+                return Err(err("expected tap=NAME or fd=N, and optionally mac=MAC"));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
 /// Everything needed to build one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,6 +299,9 @@ pub struct VmConfig {
     /// Optional virtio-fs device (vhost-user frontend).
     #[serde(default)]
     pub fs: Option<FsConfig>,
+    /// virtio-net devices, in order.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// Optional API socket path (JSON requests, mode 0600).
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
@@ -290,6 +345,7 @@ impl VmConfig {
             block: Vec::new(),
             rng: false,
             fs: None,
+            net: Vec::new(),
             api_sock: None,
             test_payload: false,
             seccomp: default_seccomp(),
@@ -314,6 +370,7 @@ impl VmConfig {
             + usize::from(self.vsock.is_some())
             + usize::from(self.rng)
             + usize::from(self.fs.is_some())
+            + self.net.len()
     }
 
     /// Checks ranges and consistency (not the existence of files: building reports those).
@@ -360,6 +417,16 @@ impl VmConfig {
                 return invalid("fs.tag", format!("{:?} is not 1..=36 bytes", fs.tag));
             }
         }
+        for n in &self.net {
+            if n.tap.is_some() == n.fd.is_some() {
+                return invalid("net", "give exactly one of tap and fd".to_string());
+            }
+            if let Some(m) = &n.mac {
+                if crate::devices::virtio::net::parse_mac(m).is_none() {
+                    return invalid("net.mac", format!("{m:?} is not aa:bb:cc:dd:ee:ff"));
+                }
+            }
+        }
         if self.cmdline.contains('\0') {
             return invalid("cmdline", "contains a NUL byte".to_string());
         }
@@ -396,6 +463,24 @@ mod tests {
             tag: "x".repeat(37),
         });
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn net_spec_parses_and_validates() {
+        let n: NetConfig = "tap=tap0,mac=02:00:00:00:00:09".parse().unwrap();
+        assert_eq!(n.tap.as_deref(), Some("tap0"));
+        assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:09"));
+        let n: NetConfig = "fd=5".parse().unwrap();
+        assert_eq!(n.fd, Some(5));
+        assert!("fd=x".parse::<NetConfig>().is_err());
+        assert!("eth0".parse::<NetConfig>().is_err());
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.net.push("tap=a,fd=3".parse().unwrap());
+        assert!(cfg.validate().is_err());
+        cfg.net[0] = "tap=a,mac=zz".parse().unwrap();
+        assert!(cfg.validate().is_err());
+        cfg.net[0] = "tap=a".parse().unwrap();
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vmrun_vmm::config::{
-    BlockConfig, FsConfig, SerialOutput, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    BlockConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
 };
 use vmrun_vmm::exit_code;
 
@@ -23,7 +23,7 @@ use vmrun_vmm::exit_code;
 )]
 struct Cli {
     /// Read the whole VM configuration from a JSON file.
-    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "serial", "vsock_uds", "vsock_cid", "block", "rng", "fs", "api_sock", "test_payload"])]
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "serial", "vsock_uds", "vsock_cid", "block", "rng", "fs", "net", "api_sock", "test_payload"])]
     config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -58,6 +58,9 @@ struct Cli {
     /// virtio-fs through a vhost-user back-end (virtiofsd): SOCKET,tag=TAG.
     #[arg(long, value_name = "SOCKET,tag=TAG")]
     fs: Option<FsConfig>,
+    /// virtio-net on a tap: tap=NAME[,mac=MAC] or fd=N[,mac=MAC]; repeatable.
+    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    net: Vec<NetConfig>,
     /// API socket path.
     #[arg(long = "api-sock", value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -95,6 +98,7 @@ impl Cli {
         cfg.block = self.block;
         cfg.rng = self.rng;
         cfg.fs = self.fs;
+        cfg.net = self.net;
         cfg.api_sock = self.api_sock;
         cfg.test_payload = self.test_payload;
         Ok(cfg)

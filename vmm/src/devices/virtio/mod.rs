@@ -8,11 +8,12 @@
 //! its queues, guest memory and [`Interrupt`] when the driver sets DRIVER_OK.
 //!
 //! Devices are placed at `0xd0000000 + i·0x1000` with IRQ `5 + i`, in the order
-//! block devices, vsock, rng, fs.
+//! block devices, vsock, rng, fs, net.
 
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod queue_util;
 pub mod rng;
 pub mod vsock;
@@ -216,6 +217,35 @@ pub fn add_devices(
             source,
         })?;
         ctx.metrics.register("fs".into(), dev.metrics());
+        let dev = Arc::new(Mutex::new(dev));
+        attach(ctx, index, dev.clone(), dev)?;
+        index += 1;
+    }
+    for (i, n) in cfg.net.iter().enumerate() {
+        let name = format!("net{i}");
+        let tap = match (&n.tap, n.fd) {
+            (Some(t), _) => net::open_tap(t),
+            (None, Some(fd)) => net::tap_from_fd(fd),
+            (None, None) => Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+        };
+        let default_mac = [2, 0, 0, 0, 0, u8::try_from(i + 1).unwrap_or(0xff)];
+        let mac = n
+            .mac
+            .as_deref()
+            .and_then(net::parse_mac)
+            .unwrap_or(default_mac);
+        let dev = tap
+            .and_then(|t| net::Net::new(t, mac))
+            .map_err(|source| BuildError::Device {
+                name: format!(
+                    "{name} ({})",
+                    n.tap
+                        .clone()
+                        .unwrap_or_else(|| format!("fd {}", n.fd.unwrap_or(-1)))
+                ),
+                source,
+            })?;
+        ctx.metrics.register(name, dev.metrics());
         let dev = Arc::new(Mutex::new(dev));
         attach(ctx, index, dev.clone(), dev)?;
         index += 1;
