@@ -163,11 +163,12 @@ mod tests {
     fn a_filtered_thread_is_confined() {
         // In a child process (a kill would take the test runner down otherwise): allowed calls
         // work, a forbidden one kills the process with SIGSYS.
+        // Built before fork: the child of a multi-threaded process must not allocate.
+        let filter = vcpu_filter().unwrap();
         // SAFETY: fork in a test; the child only makes raw syscalls and exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let filter = vcpu_filter().unwrap();
             if install(&filter).is_err() {
                 // SAFETY: _exit is always safe to call.
                 unsafe { libc::_exit(3) };
