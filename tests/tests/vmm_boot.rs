@@ -99,6 +99,32 @@ fn vmm_boot_state_four_vcpus() {
     boot_state(4);
 }
 
+#[test]
+fn vmm_boot_state_32_vcpus() {
+    if !require_kvm("vmm_boot_state_32_vcpus") {
+        return;
+    }
+    boot_state(32);
+}
+
+#[test]
+fn vmm_vcpu_count_out_of_range_is_one_line_error() {
+    if !require_kvm("vmm_vcpu_count_out_of_range_is_one_line_error") {
+        return;
+    }
+    let elf = guest_elf("boot");
+    for n in ["0", "33"] {
+        let o = run(&[
+            "--kernel",
+            elf.to_str().expect("utf-8 path"),
+            "--test-payload",
+            "--vcpus",
+            n,
+        ]);
+        o.assert_one_line_error();
+    }
+}
+
 fn payload(mode: &str) -> vmrun_tests::vmm::Outcome {
     let elf = guest_elf("boot");
     let cmdline = format!("kit.mode={mode}");
