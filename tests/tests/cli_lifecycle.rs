@@ -80,6 +80,33 @@ fn lifecycle_create_start_kill_delete() {
     assert_eq!(list[0]["id"], "c1");
     assert_eq!(list[0]["status"], "running");
 
+    // exec while running: output and exit status of the extra process.
+    let ex = env.run(
+        &[
+            "exec",
+            "c1",
+            "sh",
+            "-c",
+            "echo exec-out; echo exec-err >&2; exit 3",
+        ],
+        T,
+    );
+    assert_eq!(ex.status.code(), Some(3), "exec: {}", text(&ex.stderr));
+    assert_eq!(text(&ex.stdout), "exec-out\n");
+    assert!(text(&ex.stderr).contains("exec-err"));
+    // ps lists the container's processes (guest pids).
+    let ps = env.run(&["ps", "--format", "json", "c1"], T);
+    assert!(ps.status.success(), "ps: {}", text(&ps.stderr));
+    let pids: Vec<u32> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(!pids.is_empty(), "no processes listed");
+    // pause / resume.
+    let p = env.run(&["pause", "c1"], T);
+    assert!(p.status.success(), "pause: {}", text(&p.stderr));
+    assert_eq!(env.state("c1").unwrap()["status"], "paused");
+    let r = env.run(&["resume", "c1"], T);
+    assert!(r.status.success(), "resume: {}", text(&r.stderr));
+    assert_eq!(env.state("c1").unwrap()["status"], "running");
+
     // A running container cannot be deleted without --force.
     let del = env.run(&["delete", "c1"], T);
     assert_eq!(del.status.code(), Some(1));
