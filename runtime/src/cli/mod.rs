@@ -231,6 +231,12 @@ pub enum Command {
     },
     /// Print the runtime's features as JSON (OCI features document).
     Features,
+    /// Check that this host can run vmrun sandboxes (KVM, backend, artifacts, daemons).
+    Check {
+        /// Also boot a throw-away sandbox and talk to its agent.
+        #[arg(long)]
+        boot: bool,
+    },
     /// Internal: the per-container monitor process (started by `create`).
     #[command(hide = true)]
     Monitor(monitor::MonitorArgs),
@@ -360,6 +366,23 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Monitor(args) => Ok(monitor::main(g, &args)),
+        Command::Check { boot } => {
+            let opts = crate::check::CheckOptions {
+                config_path: None,
+                boot,
+                root_dir: absolute(&g.root).join(monitor::SANDBOX_DIR),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| output_error("check (async runtime)", e))?;
+            let report = rt.block_on(crate::check::run_check(&opts));
+            rt.shutdown_timeout(Duration::from_millis(100));
+            let report = report.map_err(|e| CliError::Usage(monitor::chain(&e)))?;
+            print_out(&format!("{report}\n"), "check")?;
+            Ok(if report.ok() { 0 } else { 1 })
+        }
         Command::Exec(args) => {
             let store = StateStore::open(&g.root)?;
             exec::exec(&store, g, &args)
