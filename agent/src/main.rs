@@ -7,12 +7,17 @@
 //!   kernel offers, serves ttrpc on vsock port 1024 and stdio streams on 1026, logs to the
 //!   console and to the host (vsock 1025), and resets the VM on a fatal error.
 //! * `vmrun-agent serve --unix PATH`: the host-side test mode; the same services on the Unix
-//!   socket `PATH`, no system set-up, Shutdown ends the process.
+//!   socket `PATH` (stdio streams on `PATH.stdio`, state under `PATH.d/`), no system set-up,
+//!   Shutdown stops the containers and ends the process.
+//! * `vmrun-agent init REQUEST_JSON`: the single-threaded container helper the agent
+//!   re-executes for libcontainer work (container/helper.rs).
 //!
 //! Settings come from `VMRUN_AGENT_<NAME>` environment variables (see `config.rs`).
 
 mod config;
+mod container;
 mod logger;
+mod passwd;
 mod reaper;
 mod selfcheck;
 mod server;
@@ -39,6 +44,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         None if std::process::id() == 1 => guest_main(),
+        Some("init") => std::process::exit(container::helper::main(&args[1..])),
         Some("serve") => test_main(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
@@ -139,12 +145,65 @@ fn run(
         if !failed.is_empty() {
             log::warn!("self-check: missing {}", failed.join(", "));
         }
+        let seccomp_ok = checks.iter().any(|c| c.name == "seccomp:filter" && c.ok);
+        let run_dir = match listen {
+            Listen::Vsock => PathBuf::from("/run/vmrun"),
+            Listen::Unix(p) => PathBuf::from(format!("{}.d", p.display())),
+        };
+        let containers = Arc::new(container::Containers::new(
+            Arc::new(container::engine::HelperEngine::new(
+                PathBuf::from("/proc/self/exe"),
+                reaper.clone(),
+            )),
+            reaper,
+            container::Paths::under(&run_dir, Path::new(system::CGROUP_ROOT)),
+            std::time::Duration::from_millis(config.stdio_timeout_ms),
+            seccomp_ok,
+        ));
+        tokio::spawn(containers.clone().watch_oom());
+        let park = containers.park.clone();
+        match listen {
+            Listen::Vsock => {
+                let addr = tokio_vsock::VsockAddr::new(
+                    tokio_vsock::VMADDR_CID_ANY,
+                    vmrun_protocol::STDIO_PORT,
+                );
+                let l =
+                    tokio_vsock::VsockListener::bind(addr).context("listen on vsock port 1026")?;
+                tokio::spawn(async move {
+                    loop {
+                        match l.accept().await {
+                            Ok((s, _)) => {
+                                tokio::spawn(container::stdio::serve_connection(s, park.clone()));
+                            }
+                            Err(e) => log::warn!("stdio accept: {e}"),
+                        }
+                    }
+                });
+            }
+            Listen::Unix(p) => {
+                let path = PathBuf::from(format!("{}.stdio", p.display()));
+                let _ = std::fs::remove_file(&path);
+                let l = tokio::net::UnixListener::bind(&path)
+                    .with_context(|| format!("listen on {}", path.display()))?;
+                tokio::spawn(async move {
+                    loop {
+                        match l.accept().await {
+                            Ok((s, _)) => {
+                                tokio::spawn(container::stdio::serve_connection(s, park.clone()));
+                            }
+                            Err(e) => log::warn!("stdio accept: {e}"),
+                        }
+                    }
+                });
+            }
+        }
         let agent = Arc::new(Agent {
             config,
             mode,
             checks,
             ready_ms: std::sync::OnceLock::new(),
-            reaper,
+            containers,
             shutdown: tokio::sync::Notify::new(),
         });
         let addr = match listen {

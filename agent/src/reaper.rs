@@ -36,10 +36,6 @@ pub enum ExitStatus {
     Signaled(i32),
 }
 
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the container layer (next commit)")
-)]
 impl ExitStatus {
     /// The status the way runc reports it: the exit code, or 128 + the signal number.
     pub fn code(self) -> i32 {
@@ -105,10 +101,6 @@ impl Reaper {
     /// Returns a receiver that yields `pid`'s exit status. `since` is an instant before the
     /// process could have exited (e.g. before it was spawned); a status reaped earlier than
     /// that belongs to an older process with the same pid and is ignored.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "used by the container layer (next commit)")
-    )]
     pub fn watch(&self, pid: i32, since: Instant) -> oneshot::Receiver<ExitStatus> {
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();

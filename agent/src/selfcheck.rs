@@ -91,6 +91,7 @@ pub fn run(cgroup_root: &Path, scratch: &Path) -> Vec<CheckItem> {
             try_mount(fstype, data, scratch),
         ));
     }
+    items.push(CheckItem::new("seccomp:filter", in_child(seccomp_filter)));
     items.push(CheckItem::new(
         "fd:epoll",
         fd_result(|| {
@@ -126,6 +127,32 @@ pub fn run(cgroup_root: &Path, scratch: &Path) -> Vec<CheckItem> {
         }),
     ));
     items
+}
+
+/// Installs an allow-everything seccomp filter (what a container's profile needs from the
+/// kernel: CONFIG_SECCOMP_FILTER); returns 0 or an errno. Runs in a forked child.
+fn seccomp_filter() -> i32 {
+    let filter = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0x7fff_0000,
+    }]; // RET ALLOW
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: called in a single-threaded forked child; `prog` points at a valid
+    // one-instruction program that outlives the call; the filter dies with the child.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return errno();
+        }
+        if libc::syscall(libc::SYS_seccomp, 1, 0, &raw const prog) != 0 {
+            return errno();
+        }
+    }
+    0
 }
 
 fn errno() -> i32 {
@@ -230,7 +257,13 @@ mod tests {
         let items = run(Path::new("/nonexistent-cgroup"), &scratch);
         fs::remove_dir_all(&scratch).unwrap();
         let get = |n: &str| items.iter().find(|i| i.name == n).unwrap().clone();
-        for n in ["fd:epoll", "fd:eventfd", "fd:timerfd", "fd:signalfd"] {
+        for n in [
+            "fd:epoll",
+            "fd:eventfd",
+            "fd:timerfd",
+            "fd:signalfd",
+            "seccomp:filter",
+        ] {
             assert!(get(n).ok, "{n}: {}", get(n).detail);
         }
         let cg = get("cgroup:memory");

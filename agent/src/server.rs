@@ -16,7 +16,7 @@ use vmrun_protocol::health::{self, check_response::ServingStatus};
 use vmrun_protocol::{agent_ttrpc, health_ttrpc};
 
 use crate::config::Config;
-use crate::reaper::Reaper;
+use crate::container::Containers;
 use crate::selfcheck::CheckItem;
 
 /// Default mount point of the virtio-fs share.
@@ -42,9 +42,8 @@ pub struct Agent {
     pub checks: Vec<CheckItem>,
     /// Milliseconds since kernel start when the server listened (set once).
     pub ready_ms: std::sync::OnceLock<u64>,
-    /// The child reaper.
-    #[expect(dead_code, reason = "used by the container layer (next commit)")]
-    pub reaper: Reaper,
+    /// The containers.
+    pub containers: Arc<Containers>,
     /// Signalled when Shutdown has finished its work (test mode exits on it).
     pub shutdown: tokio::sync::Notify,
 }
@@ -103,7 +102,7 @@ impl health_ttrpc::Health for HealthService {
             kernel_release: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            seccomp: false,
+            seccomp: self.0.containers.seccomp_ok(),
             ..Default::default()
         })
     }
@@ -150,6 +149,177 @@ impl agent_ttrpc::AgentService for AgentService {
                 .map_err(|e| status(ttrpc::Code::INTERNAL, e))?;
         }
         Ok(Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<agent::CreateContainerResponse> {
+        log::info!("CreateContainer {}", req.container_id);
+        let pid = self
+            .0
+            .containers
+            .create(req)
+            .await
+            .inspect_err(|e| log::warn!("CreateContainer: {e}"))?;
+        Ok(agent::CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.0.containers.start(&req.container_id).await?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<agent::ExecProcessResponse> {
+        log::info!("ExecProcess {} {}", req.container_id, req.exec_id);
+        let pid = self
+            .0
+            .containers
+            .exec(req)
+            .await
+            .inspect_err(|e| log::warn!("ExecProcess: {e}"))?;
+        Ok(agent::ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.0.containers.signal(&req)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::WaitProcessRequest,
+    ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        let (status, exited_at_ns) = self
+            .0
+            .containers
+            .wait(&req.container_id, &req.exec_id)
+            .await?;
+        Ok(agent::WaitProcessResponse {
+            status,
+            exited_at_ns,
+            ..Default::default()
+        })
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.0
+            .containers
+            .remove(&req.container_id, req.force)
+            .await?;
+        Ok(Empty::new())
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ContainerRequest,
+    ) -> ttrpc::Result<agent::ListProcessesResponse> {
+        let pids = self.0.containers.list_processes(&req.container_id)?;
+        Ok(agent::ListProcessesResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ContainerRequest,
+    ) -> ttrpc::Result<agent::StatsContainerResponse> {
+        Ok(self.0.containers.stats(&req.container_id)?)
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.0
+            .containers
+            .update(&req.container_id, &req.resources)
+            .await?;
+        Ok(Empty::new())
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.0
+            .containers
+            .set_paused(&req.container_id, true)
+            .await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.0
+            .containers
+            .set_paused(&req.container_id, false)
+            .await?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_tty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ResizeTtyRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.0.containers.resize(&req)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.0
+            .containers
+            .close_stdin(&req.container_id, &req.exec_id)?;
+        Ok(Empty::new())
+    }
+
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::GetOomEventRequest,
+    ) -> ttrpc::Result<agent::OomEvent> {
+        let container_id = self.0.containers.next_oom().await;
+        Ok(agent::OomEvent {
+            container_id,
+            ..Default::default()
+        })
     }
 
     async fn update_interface(
@@ -200,6 +370,10 @@ impl agent_ttrpc::AgentService for AgentService {
         tokio::spawn(async move {
             // Let the reply reach the host before the VM goes away.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            agent
+                .containers
+                .stop_all(std::time::Duration::from_millis(timeout_ms))
+                .await;
             if agent.mode == Mode::Guest {
                 log::info!("clean shutdown: syncing and powering off");
                 tokio::task::spawn_blocking(|| crate::system::power_off());
