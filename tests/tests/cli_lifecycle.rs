@@ -107,6 +107,27 @@ fn lifecycle_create_start_kill_delete() {
     assert!(r.status.success(), "resume: {}", text(&r.stderr));
     assert_eq!(env.state("c1").unwrap()["status"], "running");
 
+    // update: new cgroup limits, seen from inside the container.
+    let res = env.dir().join("resources.json");
+    std::fs::write(
+        &res,
+        r#"{"pids": {"limit": 50}, "memory": {"limit": 67108864}}"#,
+    )
+    .unwrap();
+    let up = env.run(&["update", "--resources", &res.to_string_lossy(), "c1"], T);
+    assert!(up.status.success(), "update: {}", text(&up.stderr));
+    let ex = env.run(
+        &[
+            "exec",
+            "c1",
+            "cat",
+            "/sys/fs/cgroup/pids.max",
+            "/sys/fs/cgroup/memory.max",
+        ],
+        T,
+    );
+    assert_eq!(text(&ex.stdout), "50\n67108864\n", "{}", text(&ex.stderr));
+
     // A running container cannot be deleted without --force.
     let del = env.run(&["delete", "c1"], T);
     assert_eq!(del.status.code(), Some(1));

@@ -323,6 +323,58 @@ pub fn exec_monitor(store: &StateStore, args: &ExecMonitorArgs) -> i32 {
     })
 }
 
+/// `vmrun update --resources FILE|- ID`: UpdateContainer with an OCI `linux.resources` object,
+/// over a connection of its own to the sandbox's agent.
+pub fn update(store: &StateStore, id: &str, resources: &Path) -> Result<(), CliError> {
+    let record = store.load(id)?;
+    let status = record.effective_status();
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+        return Err(CliError::WrongState {
+            id: id.to_owned(),
+            status,
+            what: "cannot update a container that is not created, running or paused",
+        });
+    }
+    let text = if resources == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| CliError::Usage(format!("cannot read the resources from stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(resources)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", resources.display())))?
+    };
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("malformed resources: {e}")))?;
+    if !value.is_object() {
+        return Err(CliError::Usage(
+            "the resources must be a JSON object".into(),
+        ));
+    }
+    let uds = vsock_uds(&record)?;
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let conn = crate::vsock::connect(&uds, AGENT_PORT, Duration::from_secs(10))
+            .await
+            .map_err(|e| MonitorError::Agent {
+                method: "connect",
+                message: format!("cannot reach the agent: {e}"),
+            })?;
+        let agent = AgentClient::new(conn, DEFAULT_RPC_TIMEOUT);
+        let mut req = agent::UpdateContainerRequest::new();
+        req.container_id = id.to_owned();
+        req.resources = value.to_string().into_bytes();
+        agent
+            .service()
+            .update_container(agent.context(), &req)
+            .await
+            .map(|_| ())
+            .map_err(|e| monitor::rpc_error("UpdateContainer", &e))
+    });
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(result?)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -198,6 +198,14 @@ pub enum Command {
     /// Internal: the monitor of a detached exec (started by `exec -d`).
     #[command(hide = true)]
     ExecMonitor(exec::ExecMonitorArgs),
+    /// Change a container's cgroup limits (in the guest).
+    Update {
+        /// An OCI `linux.resources` JSON file, or `-` for stdin.
+        #[arg(short, long)]
+        resources: PathBuf,
+        /// Container id.
+        id: String,
+    },
     /// Freeze every process of a running container.
     Pause {
         /// Container id.
@@ -382,6 +390,11 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             let report = report.map_err(|e| CliError::Usage(monitor::chain(&e)))?;
             print_out(&format!("{report}\n"), "check")?;
             Ok(if report.ok() { 0 } else { 1 })
+        }
+        Command::Update { resources, id } => {
+            let store = StateStore::open(&g.root)?;
+            exec::update(&store, &id, &resources)?;
+            Ok(0)
         }
         Command::Exec(args) => {
             let store = StateStore::open(&g.root)?;
