@@ -65,6 +65,15 @@ pub const KILLED_STATUS: i32 = 137;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace period of the agent's Shutdown once the container has exited.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Timeout of the RPCs that create or start processes in the guest: under TCG on a loaded host
+/// the guest is slow, and a spurious timeout would fail a create that is merely late.
+pub const SLOW_RPC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A ttrpc context with [`SLOW_RPC_TIMEOUT`].
+pub fn slow_context() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(i64::try_from(SLOW_RPC_TIMEOUT.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// Longest control request accepted.
 const MAX_REQUEST: u64 = 4096;
 
@@ -680,7 +689,7 @@ async fn create_container(
     req.stdio = protobuf::MessageField::some(s);
     let resp = agent
         .service()
-        .create_container(agent.context(), &req)
+        .create_container(slow_context(), &req)
         .await
         .map_err(|e| rpc_error("CreateContainer", &e))?;
     log::info!(
@@ -746,7 +755,7 @@ async fn start_container(agent: &AgentClient, id: &str) -> Result<(), MonitorErr
     req.container_id = id.to_owned();
     agent
         .service()
-        .start_container(agent.context(), &req)
+        .start_container(slow_context(), &req)
         .await
         .map(|_| ())
         .map_err(|e| rpc_error("StartContainer", &e))

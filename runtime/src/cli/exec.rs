@@ -465,7 +465,7 @@ async fn run_exec(
         req.stdio = protobuf::MessageField::some(s);
         agent
             .service()
-            .exec_process(agent.context(), &req)
+            .exec_process(monitor::slow_context(), &req)
             .await
             .map_err(|e| monitor::rpc_error("ExecProcess", &e))?;
         let relays = match (streams, host_pty) {
