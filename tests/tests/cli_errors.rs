@@ -82,6 +82,16 @@ fn malformed_config_json_missing_rootfs_missing_args() {
         &["create", "--bundle", &t.to_string_lossy(), "c1"],
         "console-socket",
     );
+    // An io.vmrun.* annotation that is not known (checked by the monitor, before any boot).
+    let a = busybox_bundle(env.dir(), "a", &BundleOpts::new(&["true"]), |s| {
+        s["annotations"] = json!({"io.vmrun.no_such_knob": "1"});
+    });
+    assert_fails_with(
+        &env,
+        &["create", "--bundle", &a.to_string_lossy(), "c1"],
+        "unknown annotation io.vmrun.no_such_knob",
+    );
+    env.assert_nothing_left("c1");
     // Invalid ids.
     assert_fails_with(
         &env,

@@ -169,10 +169,27 @@ fn delete_force_of_a_running_container() {
     }
     let env = CliEnv::new("force");
     let b = busybox_bundle(env.dir(), "b", &BundleOpts::new(&["sleep", "300"]), |_| {});
-    let out = env.create(&b, "f1");
-    assert!(out.status.success(), "create failed: {}", text(&out.stderr));
-    assert!(env.run(&["start", "f1"], T).status.success());
-    assert_eq!(env.state("f1").unwrap()["status"], "running");
+    // run -d: create + start, detached; the monitor's pid goes to --pid-file.
+    let pid_file = env.dir().join("f1.pid");
+    let out = env.run(
+        &[
+            "run",
+            "-d",
+            "--bundle",
+            &b.to_string_lossy(),
+            "--pid-file",
+            &pid_file.to_string_lossy(),
+            "f1",
+        ],
+        Duration::from_secs(240),
+    );
+    assert!(out.status.success(), "run -d failed: {}", text(&out.stderr));
+    let st = env.state("f1").unwrap();
+    assert_eq!(st["status"], "running");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        st["pid"].to_string()
+    );
     let out = env.run(&["delete", "--force", "f1"], T);
     assert!(
         out.status.success(),
