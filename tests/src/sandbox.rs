@@ -115,10 +115,19 @@ pub fn assert_cleaned_up(root: &Path, id: &str, pids: &[i32]) {
 /// Builds an initramfs whose `/init` is `init_script` run by the host's static busybox
 /// (`busybox-static`), in `dir`. Used for guests that boot but never run the agent.
 pub fn busybox_initramfs(dir: &Path, init_script: &str) -> PathBuf {
+    busybox_initramfs_with(dir, init_script, &[])
+}
+
+/// Like [`busybox_initramfs`], plus `extra` files (host source, path inside the image).
+pub fn busybox_initramfs_with(dir: &Path, init_script: &str, extra: &[(&Path, &str)]) -> PathBuf {
     let stage = dir.join("stage");
     std::fs::create_dir_all(stage.join("bin")).expect("stage dir");
     std::fs::create_dir_all(stage.join("dev")).expect("stage dev");
     std::fs::copy("/bin/busybox", stage.join("bin/busybox")).expect("busybox-static is installed");
+    for (src, dst) in extra {
+        let to = stage.join(dst.trim_start_matches('/'));
+        std::fs::copy(src, &to).expect("copy an extra file into the initramfs");
+    }
     let init = stage.join("init");
     std::fs::write(&init, format!("#!/bin/busybox sh\n{init_script}\n")).expect("write init");
     run(Command::new("chmod").arg("0755").arg(&init));
