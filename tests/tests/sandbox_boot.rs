@@ -318,3 +318,59 @@ where
     }
     out
 }
+
+/// Helper for [`sandbox_processes_die_with_their_owner`]: runs only when re-executed by it
+/// (`VMRUN_TEST_OWNER_ROOT` set); boots a sandbox, prints its pids and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process of sandbox_processes_die_with_their_owner"]
+async fn owner_helper() {
+    let Some(root) = std::env::var_os("VMRUN_TEST_OWNER_ROOT") else {
+        return;
+    };
+    let cfg = SandboxConfig::new("owned", std::path::Path::new(&root), &host_config());
+    let sb = Sandbox::start(cfg).await.expect("helper sandbox boots");
+    let pids: Vec<String> = sb.pids().iter().map(ToString::to_string).collect();
+    println!("OWNER-PIDS {}", pids.join(" "));
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    drop(sb);
+}
+
+#[test]
+fn sandbox_processes_die_with_their_owner() {
+    use std::io::BufRead;
+    let root = TestRoot::new("owner");
+    let mut owner = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "owner_helper", "--ignored", "--nocapture"])
+        .env("VMRUN_TEST_OWNER_ROOT", root.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the owner process");
+    let stdout = owner.stdout.take().unwrap();
+    let mut pids: Vec<i32> = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("OWNER-PIDS ") {
+            pids = rest.split(' ').map(|p| p.parse().unwrap()).collect();
+            break;
+        }
+    }
+    assert_eq!(
+        pids.len(),
+        2,
+        "the owner did not report qemu + vhost-device-vsock"
+    );
+    assert!(pids.iter().all(|&p| vmrun_tests::sandbox::process_alive(p)));
+    // The owner dies without any chance to clean up.
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| vmrun_tests::sandbox::process_alive(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox processes outlived their owner: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Only files remain (sockets, logs); a new owner would remove them.
+    std::fs::remove_dir_all(root.path().join("owned")).unwrap();
+}
