@@ -10,7 +10,7 @@
 //! [`crate::sandbox`], so both backends get the same process groups, death signals and teardown.
 //!
 //! Two backends exist: [`vmm::VmrunVmm`] (vmrun's own VMM; fastest, but it needs a KVM that runs
-//! stock Linux guests and has no virtio-fs yet) and [`qemu::Qemu`] (QEMU's `microvm` machine with
+//! stock Linux guests) and [`qemu::Qemu`] (QEMU's `microvm` machine with
 //! KVM or TCG; vsock through `vhost-device-vsock`, virtio-fs through `virtiofsd`).
 //! [`select`] picks one from the config and the host's capabilities, and says why.
 
@@ -267,8 +267,7 @@ pub struct HypervisorBinaries {
 ///
 /// `auto`: `vmrun-vmm` only on hardware KVM and only if it supports everything the sandbox
 /// needs; else QEMU with KVM on hardware KVM; else QEMU with TCG. An explicit choice is honoured
-/// when possible and refused with the reason when not (e.g. `vmrun-vmm` for a sandbox with a
-/// share).
+/// when possible and refused with the reason when not (e.g. `vmrun-vmm` without `/dev/kvm`).
 pub fn select(
     settings: &SandboxSettings,
     kvm: KvmKind,
@@ -424,13 +423,29 @@ mod tests {
             true,
         )
         .unwrap();
+        assert_eq!(s.hypervisor.name(), "vmrun-vmm", "it has virtio-fs (--fs)");
+        // Without the vmrun-vmm binary, hardware KVM means QEMU with KVM.
+        let no_vmm = HypervisorBinaries {
+            vmrun_vmm: None,
+            ..bins()
+        };
+        let settings = SandboxSettings::default();
+        let s = select(
+            &settings,
+            KvmKind::Hardware,
+            &Requirements::default(),
+            &no_vmm,
+            "q",
+            "v",
+        )
+        .unwrap();
         assert_eq!(s.hypervisor.name(), "qemu");
         assert!(
             s.hypervisor.describe().contains("kvm"),
             "{}",
             s.hypervisor.describe()
         );
-        assert!(s.reason.contains("virtio-fs"), "{}", s.reason);
+        assert!(s.reason.contains("not installed"), "{}", s.reason);
     }
 
     #[test]
@@ -445,14 +460,14 @@ mod tests {
 
     #[test]
     fn explicit_choices_are_honoured_or_refused_with_the_reason() {
-        let err = pick(
+        let s = pick(
             BackendChoice::VmrunVmm,
             AccelChoice::Auto,
-            KvmKind::Hardware,
+            KvmKind::Pvm,
             true,
         )
-        .unwrap_err();
-        assert!(err.to_string().contains("virtio-fs"), "{err}");
+        .unwrap();
+        assert!(s.reason.contains("warning"), "{}", s.reason);
         let err = pick(
             BackendChoice::VmrunVmm,
             AccelChoice::Auto,

@@ -5,14 +5,14 @@
 //!
 //! Its CLI: `--kernel vmlinux --initrd F --cmdline S --vcpus N --memory-mib M --serial FILE
 //! --vsock-uds UDS --api-sock SOCK`. Vsock is built in (hybrid vsock on `--vsock-uds`, guest CID
-//! 3), so no daemon is needed. It has no virtio-fs frontend yet, so it cannot run a sandbox with a
-//! share. It exits with the value the guest writes to the exit-status port (32 for the agent's
+//! 3), so no daemon is needed; virtio-fs goes through its vhost-user-fs frontend
+//! (`--fs SOCKET,tag=TAG`, served by the sandbox's virtiofsd). It exits with the value the guest writes to the exit-status port (32 for the agent's
 //! clean-shutdown announcement), 0 on a guest reset, non-zero on a triple fault or internal error.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Hypervisor, Requirements, VmSpec, CLEAN_SHUTDOWN_CODE};
+use super::{Hypervisor, Requirements, VmSpec, CLEAN_SHUTDOWN_CODE, SHARED_FS_TAG};
 
 /// The guest kernel's base command line on vmrun-vmm (it emulates the i8042 reset).
 pub const VMM_BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
@@ -39,12 +39,8 @@ impl Hypervisor for VmrunVmm {
         "vmrun-vmm (KVM)".to_owned()
     }
 
-    fn supports(&self, req: &Requirements) -> Result<(), String> {
-        if req.shared_fs {
-            return Err(
-                "the sandbox needs a virtio-fs share and vmrun-vmm has no virtio-fs yet".to_owned(),
-            );
-        }
+    fn supports(&self, _req: &Requirements) -> Result<(), String> {
+        // vsock is built in; virtio-fs goes through its vhost-user-fs frontend (`--fs`).
         Ok(())
     }
 
@@ -66,6 +62,11 @@ impl Hypervisor for VmrunVmm {
         cmd.arg("--serial").arg(&spec.console_log);
         cmd.arg("--vsock-uds").arg(&spec.vsock_uds);
         cmd.arg("--api-sock").arg(&spec.api_socket);
+        if let Some(fs) = &spec.virtiofs_socket {
+            let mut arg = fs.as_os_str().to_os_string();
+            arg.push(format!(",tag={SHARED_FS_TAG}"));
+            cmd.arg("--fs").arg(arg);
+        }
         cmd
     }
 
@@ -113,7 +114,19 @@ mod tests {
             VmExit::Clean
         );
         assert_eq!(v.classify_exit(ExitStatus::from_raw(0)), VmExit::Crashed);
-        assert!(v.supports(&Requirements { shared_fs: true }).is_err());
-        assert!(v.supports(&Requirements::default()).is_ok());
+        assert!(v.supports(&Requirements { shared_fs: true }).is_ok());
+        let with_fs = VmSpec {
+            virtiofs_socket: Some(PathBuf::from("/s/virtiofsd.sock")),
+            ..spec
+        };
+        let a: Vec<String> = v
+            .command(&with_fs)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            a.ends_with(&["--fs".to_owned(), "/s/virtiofsd.sock,tag=vmrun".to_owned()]),
+            "{a:?}"
+        );
     }
 }
