@@ -659,6 +659,7 @@ async fn create_container(
             serde_json::Value::String(guest_root.to_string_lossy().into_owned()),
         );
     }
+    share_bind_mounts(share, id, &bundle.dir, &mut spec)?;
     let terminal = bundle.terminal();
 
     // Host side of the terminal first: the console socket gets its pty master even before the
@@ -718,6 +719,40 @@ async fn create_container(
         }
     };
     Ok((sandbox, relays))
+}
+
+/// Bind mounts name host paths that the guest cannot see: each source is bind-mounted into the
+/// share (`<share>/<id>/volumes/m<index>`, read-only with `ro`) and the mount's `source` is
+/// rewritten to the guest path. Relative sources are relative to the bundle (as runc).
+fn share_bind_mounts(
+    share: &crate::virtiofs::SharedDir,
+    id: &str,
+    bundle_dir: &Path,
+    spec: &mut serde_json::Value,
+) -> Result<(), MonitorError> {
+    let Some(mounts) = spec.get_mut("mounts").and_then(|m| m.as_array_mut()) else {
+        return Ok(());
+    };
+    for (i, m) in mounts.iter_mut().enumerate() {
+        let options: Vec<&str> = m
+            .get("options")
+            .and_then(|o| o.as_array())
+            .map(|o| o.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let is_bind = m.get("type").and_then(|t| t.as_str()) == Some("bind")
+            || options.iter().any(|o| *o == "bind" || *o == "rbind");
+        if !is_bind {
+            continue;
+        }
+        let readonly = options.contains(&"ro");
+        let Some(source) = m.get("source").and_then(|s| s.as_str()) else {
+            continue;
+        };
+        let source = bundle_dir.join(source);
+        let guest = share.mount_volume(id, &format!("m{i}"), &source, readonly)?;
+        m["source"] = serde_json::Value::String(guest.to_string_lossy().into_owned());
+    }
+    Ok(())
 }
 
 /// ResizeTty of a container's init process (`exec_id` None) or of an exec'd process.

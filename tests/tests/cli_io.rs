@@ -155,3 +155,47 @@ fn readonly_rootfs_refuses_writes() {
     assert!(!b.join("rootfs/newfile").exists());
     env.assert_nothing_left("ro1");
 }
+
+#[test]
+fn bind_mount_volume_written_from_both_sides() {
+    if !require_cli_artifacts("cli_run_volume") {
+        return;
+    }
+    let env = CliEnv::new("vol");
+    let vol = env.dir().join("volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("from-host"), "host data\n").unwrap();
+    let ro = env.dir().join("ro-file");
+    std::fs::write(&ro, "read-only\n").unwrap();
+    let script = "cat /data/from-host; echo guest data > /data/from-guest; cat /etc/ro-file; \
+                  echo x > /etc/ro-file || echo ro-denied";
+    let b = busybox_bundle(
+        env.dir(),
+        "b",
+        &BundleOpts::new(&["sh", "-c", script]),
+        |s| {
+            let mounts = s["mounts"].as_array_mut().unwrap();
+            mounts.push(json!({"destination": "/data", "type": "bind",
+                           "source": vol.to_string_lossy(), "options": ["rbind", "rw"]}));
+            mounts.push(json!({"destination": "/etc/ro-file", "type": "bind",
+                           "source": ro.to_string_lossy(), "options": ["bind", "ro"]}));
+        },
+    );
+    let out = run_bounded(
+        env.vmrun(&["run", "--bundle", &b.to_string_lossy(), "v1"]),
+        BOOT,
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout} stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(stdout, "host data\nread-only\nro-denied\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("from-guest")).unwrap(),
+        "guest data\n"
+    );
+    assert_eq!(std::fs::read_to_string(&ro).unwrap(), "read-only\n");
+    env.assert_nothing_left("v1");
+}
