@@ -288,6 +288,8 @@ async fn sandbox_on_vmrun_vmm() {
         .to_string_lossy()
         .into_owned();
     cfg.settings.backend = vmrun_runtime::config::BackendChoice::VmrunVmm;
+    // Its vhost-user-fs frontend serves the share through the sandbox's virtiofsd.
+    cfg.shared_fs = true;
     let mut sb = Sandbox::start(cfg)
         .await
         .expect("sandbox boots on vmrun-vmm");
