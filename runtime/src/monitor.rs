@@ -207,6 +207,16 @@ pub struct Response {
     pub pids: Option<Vec<u32>>,
 }
 
+/// `/proc/self/fd/<dir>/monitor.sock`: the control socket reached through an open descriptor of
+/// the state directory, so that its path fits in `sun_path` (108 bytes) under any `--root` and
+/// with 64-character ids.
+fn short_socket_path(dir: &std::fs::File) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/self/fd/{}/{CONTROL_SOCKET}",
+        dir.as_raw_fd()
+    ))
+}
+
 /// Sends `req` to container `id`'s monitor and waits for the answer.
 pub fn request(store: &StateStore, id: &str, req: &Request) -> Result<(), MonitorError> {
     request_with_answer(store, id, req).map(|_| ())
@@ -219,12 +229,13 @@ pub fn request_with_answer(
     req: &Request,
 ) -> Result<Response, MonitorError> {
     use std::io::{BufRead, Write};
-    let path = store.dir(id).join(CONTROL_SOCKET);
     let connect = |source| MonitorError::Connect {
         id: id.to_owned(),
         source,
     };
-    let mut conn = std::os::unix::net::UnixStream::connect(&path).map_err(connect)?;
+    let dir = std::fs::File::open(store.dir(id)).map_err(connect)?;
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(short_socket_path(&dir)).map_err(connect)?;
     conn.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(connect)?;
     let mut line = serde_json::to_string(req).map_err(|e| connect(std::io::Error::other(e)))?;
@@ -913,8 +924,11 @@ async fn run_monitor(
             opts.foreground,
         )
         .await?;
-        let listener = UnixListener::bind(store.dir(&id).join(CONTROL_SOCKET))
+        let dir = std::fs::File::open(store.dir(&id))
+            .map_err(io_err("cannot open the state directory"))?;
+        let listener = UnixListener::bind(short_socket_path(&dir))
             .map_err(io_err("cannot bind the control socket"))?;
+        drop(dir);
         update_record(store, &id, |r| r.status = Status::Created)?;
         Ok((sandbox, relays, listener, bundle))
     }

@@ -1,0 +1,168 @@
+// Copyright 2026 The vmrun Authors
+// SPDX-License-Identifier: Apache-2.0
+
+//! podman (with conmon) driving `vmrun` as its OCI runtime: `run --rm` with the container's
+//! output and exit status, `run -d`, `exec`, `stop`, `rm`. podman gets private storage, run
+//! and tmp directories and a containers.conf naming `vmrun` (through a wrapper that adds the
+//! test's `--root` and config), and a busybox image built from busybox-static without a
+//! registry. podman's default seccomp profile is turned off (`seccomp=unconfined`) while the
+//! agent refuses seccomp specs.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use vmrun_tests::cli::{require_cli_artifacts, run_bounded, text, CliEnv};
+use vmrun_tests::host_bin;
+
+const T: Duration = Duration::from_secs(240);
+
+const IMAGE_SCRIPT: &str = r#"set -e
+cd "$1"; R=rootfs; mkdir -p $R/bin $R/etc $R/proc $R/sys $R/dev $R/tmp $R/root $R/run
+cp /bin/busybox $R/bin/busybox
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox $R/bin/$a; done
+printf 'root:x:0:0:root:/root:/bin/sh\n' > $R/etc/passwd; printf 'root:x:0:\n' > $R/etc/group
+chmod 1777 $R/tmp
+tar --sort=name --numeric-owner --owner=0 --group=0 --mtime='2024-01-01 00:00:00Z' -C $R -cf layer.tar .
+DIFFID=$(sha256sum layer.tar | cut -d' ' -f1); gzip -n -1 -c layer.tar > layer.tar.gz
+LDIG=$(sha256sum layer.tar.gz | cut -d' ' -f1); LSZ=$(stat -c %s layer.tar.gz)
+mkdir -p L/blobs/sha256; cp layer.tar.gz L/blobs/sha256/$LDIG
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $DIFFID > config.json
+CDIG=$(sha256sum config.json | cut -d' ' -f1); CSZ=$(stat -c %s config.json); cp config.json L/blobs/sha256/$CDIG
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' $CDIG $CSZ $LDIG $LSZ > manifest.json
+MDIG=$(sha256sum manifest.json | cut -d' ' -f1); MSZ=$(stat -c %s manifest.json); cp manifest.json L/blobs/sha256/$MDIG
+printf '{"imageLayoutVersion":"1.0.0"}' > L/oci-layout
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"docker.io/library/vmrunbox:local"}}]}' $MDIG $MSZ > L/index.json
+tar -C L -cf image.tar oci-layout index.json blobs
+"#;
+
+struct Podman<'a> {
+    env: &'a CliEnv,
+}
+
+impl Podman<'_> {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let d = self.env.dir();
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("p-root"))
+            .arg("--runroot")
+            .arg(d.join("p-run"))
+            .arg("--tmpdir")
+            .arg(d.join("p-tmp"))
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        run_bounded(self.cmd(args), T)
+    }
+}
+
+#[allow(clippy::unwrap_used)] // test set-up: a failure is the test's failure
+fn setup(env: &CliEnv) -> Podman<'_> {
+    let d = env.dir();
+    let wrapper = d.join("vmrun-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport VMRUN_CONFIG={}\nexec {} --root {} \"$@\"\n",
+            d.join("config.toml").display(),
+            host_bin("vmrun").display(),
+            env.root().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("containers.conf"),
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+             netns = \"none\"\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+             runtime = \"vmrun\"\nruntime_supports_json = [\"vmrun\"]\n\
+             runtime_supports_kvm = [\"vmrun\"]\n[engine.runtimes]\nvmrun = [\"{}\"]\n",
+            wrapper.display()
+        ),
+    )
+    .unwrap();
+    let img = d.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let st = Command::new("sh")
+        .args(["-c", IMAGE_SCRIPT, "sh"])
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the image failed");
+    let p = Podman { env };
+    let load = p.run(&["load", "-i", &img.join("image.tar").to_string_lossy()]);
+    assert!(load.status.success(), "podman load: {}", text(&load.stderr));
+    p
+}
+
+#[test]
+fn podman_run_exec_stop_rm_through_vmrun() {
+    if !require_cli_artifacts("cli_podman") {
+        return;
+    }
+    assert!(
+        Path::new("/usr/bin/podman").exists(),
+        "podman is not installed: run scripts/setup"
+    );
+    let env = CliEnv::new("podman");
+    let p = setup(&env);
+    let image = "docker.io/library/vmrunbox:local";
+    let nosec = "seccomp=unconfined";
+
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        nosec,
+        image,
+        "sh",
+        "-c",
+        "echo hi from $(uname -r); exit 7",
+    ]);
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("hi from "), "{stdout}");
+    assert_ne!(stdout.trim_start_matches("hi from ").trim(), host.trim());
+
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "p1",
+        "--security-opt",
+        nosec,
+        image,
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let out = p.run(&["exec", "p1", "sh", "-c", "echo exec-ok; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "exec: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "exec-ok\n");
+    let out = p.run(&["stop", "-t", "2", "p1"]);
+    assert!(out.status.success(), "stop: {}", text(&out.stderr));
+    let out = p.run(&["rm", "p1"]);
+    assert!(out.status.success(), "rm: {}", text(&out.stderr));
+    let out = p.run(&["rmi", "-f", image]);
+    assert!(out.status.success(), "rmi: {}", text(&out.stderr));
+    // Nothing of the containers is left in vmrun's state root.
+    let left: Vec<_> = std::fs::read_dir(env.root())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n != "@sandboxes")
+        .collect();
+    assert!(left.is_empty(), "vmrun state left: {left:?}");
+    let _ = p.run(&["system", "reset", "--force"]);
+}
