@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0
 
 //! VMM benchmark (prints a table; not a timed test): `cargo run --release -p vmrun-tests --bin
-//! bench-vmm [-- N]`.
+//! bench-vmm [-- N [VSOCK_MIB]]` (N runs per start-up figure, default 11; MiB per vsock stream,
+//! default 16).
 //!
 //! - start-up: process spawn -> first serial byte, and -> process exit, median of N runs, for
 //!   the tiny PVH guest (CPL 0, "T\n" on COM1, then the exit port) on `vmrun-vmm` and on QEMU
@@ -204,7 +205,7 @@ fn bench_lines(o: &vmrun_tests::vmm::Outcome) -> Vec<(String, String)> {
         .collect()
 }
 
-fn io(rows: &mut Vec<[String; 4]>) -> Result<()> {
+fn io(rows: &mut Vec<[String; 4]>, mib: usize) -> Result<()> {
     let dir = TempDir::new("bench-io")?;
     let img = dir.join("disk.img");
     std::fs::File::create(&img)?.set_len(64 << 20)?;
@@ -233,7 +234,6 @@ fn io(rows: &mut Vec<[String; 4]>) -> Result<()> {
     }
 
     let uds = dir.join("v.sock");
-    let mib = 64usize;
     let vm = Vm::spawn([
         "--kernel",
         guest_elf("bench").to_str().context("utf-8")?,
@@ -305,6 +305,11 @@ fn main() -> Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(11);
+    let vsock_mib: usize = std::env::args()
+        .nth(2)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(16);
     let mut rows: Vec<[String; 4]> = Vec::new();
     let mut errors = Vec::new();
     if let Err(e) = startup(n, &mut rows) {
@@ -313,7 +318,7 @@ fn main() -> Result<()> {
     if let Err(e) = memory(&mut rows) {
         errors.push(format!("memory: {e:#}"));
     }
-    if let Err(e) = io(&mut rows) {
+    if let Err(e) = io(&mut rows, vsock_mib) {
         errors.push(format!("io: {e:#}"));
     }
     println!("| measurement | vmrun-vmm | QEMU microvm (KVM) | ratio / note |");
