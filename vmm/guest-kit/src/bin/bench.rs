@@ -138,10 +138,5 @@ fn vsock(cmdline: &str) -> Result<(), String> {
     let r = rate(total as u64, micros_since(start));
     println!("BENCH vsock_g2h {}.{:02} MiB/s", r / 100, r % 100);
     vs.shutdown(c)?;
-    vs.wait_closed(c, deadline)?;
-    // The program ends here; skip the driver's queue teardown (the `mmio` program checks that
-    // path: vmrun-vmm currently refuses to disable a second live queue, and virtio-drivers then
-    // spins forever in `queue_unset`).
-    core::mem::forget(vs);
-    Ok(())
+    vs.wait_closed(c, deadline)
 }
