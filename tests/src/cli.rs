@@ -350,6 +350,39 @@ pub fn busybox_bundle(
     bundle
 }
 
+const IMAGE_SCRIPT: &str = r#"set -e
+cd "$1"; R=rootfs; mkdir -p $R/bin $R/etc $R/proc $R/sys $R/dev $R/tmp $R/root $R/run
+cp /bin/busybox $R/bin/busybox
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox $R/bin/$a; done
+printf 'root:x:0:0:root:/root:/bin/sh\n' > $R/etc/passwd; printf 'root:x:0:\n' > $R/etc/group
+chmod 1777 $R/tmp
+tar --sort=name --numeric-owner --owner=0 --group=0 --mtime='2024-01-01 00:00:00Z' -C $R -cf layer.tar .
+DIFFID=$(sha256sum layer.tar | cut -d' ' -f1); gzip -n -1 -c layer.tar > layer.tar.gz
+LDIG=$(sha256sum layer.tar.gz | cut -d' ' -f1); LSZ=$(stat -c %s layer.tar.gz)
+mkdir -p L/blobs/sha256; cp layer.tar.gz L/blobs/sha256/$LDIG
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $DIFFID > config.json
+CDIG=$(sha256sum config.json | cut -d' ' -f1); CSZ=$(stat -c %s config.json); cp config.json L/blobs/sha256/$CDIG
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' $CDIG $CSZ $LDIG $LSZ > manifest.json
+MDIG=$(sha256sum manifest.json | cut -d' ' -f1); MSZ=$(stat -c %s manifest.json); cp manifest.json L/blobs/sha256/$MDIG
+printf '{"imageLayoutVersion":"1.0.0"}' > L/oci-layout
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"docker.io/library/vmrunbox:local","org.opencontainers.image.ref.name":"local"}}]}' $MDIG $MSZ > L/index.json
+tar -C L -cf image.tar oci-layout index.json blobs
+"#;
+
+/// Builds an OCI image archive of busybox (`docker.io/library/vmrunbox:local`) in `dir` from
+/// the host's busybox-static, without a registry; returns the path of `image.tar`, which
+/// `podman load` and `ctr images import` accept.
+pub fn busybox_image(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("image dir");
+    let st = Command::new("sh")
+        .args(["-c", IMAGE_SCRIPT, "sh"])
+        .arg(dir)
+        .status()
+        .expect("run sh");
+    assert!(st.success(), "building the busybox image failed");
+    dir.join("image.tar")
+}
+
 /// Text of a byte buffer, for assertions.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
