@@ -157,7 +157,10 @@ impl ProcessGroup {
     }
 
     /// Waits for the leader to exit, at most `timeout`; `None` if it is still running.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> std::io::Result<Option<std::process::ExitStatus>> {
+    pub fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
