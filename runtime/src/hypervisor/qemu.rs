@@ -17,8 +17,10 @@ use std::process::Command;
 
 use super::{Hypervisor, Requirements, VmSpec, CLEAN_SHUTDOWN_CODE, EXIT_PORT, SHARED_FS_TAG};
 
-/// The guest kernel's base command line on QEMU microvm.
-pub const QEMU_BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1";
+/// The guest kernel's base command line on QEMU microvm. `no_timer_check`: under TCG on a
+/// loaded host the kernel's IO-APIC timer check can miss its ticks and panic with "IO-APIC +
+/// timer doesn't work!" (seen here with 4 sandboxes booting at once).
+pub const QEMU_BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 no_timer_check";
 
 /// QEMU's accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +192,7 @@ mod tests {
         let append = a.iter().position(|x| x == "-append").unwrap();
         assert_eq!(
             a[append + 1],
-            "console=ttyS0 reboot=t panic=-1 quiet VMRUN_AGENT_LOG_LEVEL=debug"
+            "console=ttyS0 reboot=t panic=-1 no_timer_check quiet VMRUN_AGENT_LOG_LEVEL=debug"
         );
         let no_fs = args(&q.command(&spec(false))).join(" ");
         assert!(!no_fs.contains("vhost-user-fs"));
