@@ -15,6 +15,9 @@ use super::packet::{PacketHeader, HOST_CID, OP_CREDIT_UPDATE, TYPE_STREAM};
 pub const BUF_ALLOC: u32 = 256 * 1024;
 /// Send a credit update once this much was consumed since the last one the guest saw.
 pub const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
+/// Also send one, for any progress, once the guest believes our free space is below this (a
+/// full TX packet no longer fits in its view).
+pub const CREDIT_LOW_WATER: u32 = 64 * 1024;
 
 /// Connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,10 +138,29 @@ impl Connection {
         }
     }
 
-    /// A CREDIT_UPDATE header if one is due (the guest asked, or enough was consumed).
-    pub fn credit_update(&mut self, guest_cid: u64) -> Option<PacketHeader> {
+    /// The free space in our receive buffer as the guest sees it: `buf_alloc` minus what it
+    /// sent that it has not yet seen us consume (the `fwd_cnt` of the last header it got).
+    pub fn guest_view_of_free_space(&self) -> u32 {
+        let tx_len = Wrapping(u32::try_from(self.tx_buf.len()).unwrap_or(u32::MAX));
+        let unacknowledged = (self.fwd_cnt + tx_len - self.last_fwd_cnt_sent).0;
+        BUF_ALLOC.saturating_sub(unacknowledged)
+    }
+
+    /// Whether a CREDIT_UPDATE is pending: the guest asked for one, or we consumed at least
+    /// [`CREDIT_UPDATE_THRESHOLD`] since the last header it got, or we consumed anything while
+    /// its view of our free space is below [`CREDIT_LOW_WATER`]. Any header we send carries
+    /// the current credit, so sending one clears this.
+    pub fn credit_update_due(&self) -> bool {
         let consumed = (self.fwd_cnt - self.last_fwd_cnt_sent).0;
-        if self.credit_update_wanted || consumed >= CREDIT_UPDATE_THRESHOLD {
+        self.credit_update_wanted
+            || consumed >= CREDIT_UPDATE_THRESHOLD
+            || (consumed > 0 && self.guest_view_of_free_space() < CREDIT_LOW_WATER)
+    }
+
+    /// A CREDIT_UPDATE header carrying the current `fwd_cnt`, if one is due. Call it only when
+    /// the header is about to be written into an RX buffer, never to queue it.
+    pub fn credit_update(&mut self, guest_cid: u64) -> Option<PacketHeader> {
+        if self.credit_update_due() {
             Some(self.header(guest_cid, OP_CREDIT_UPDATE, 0, 0))
         } else {
             None
@@ -288,6 +310,46 @@ mod tests {
             c.tx_buffered() > 0,
             "the socket filled up and the rest was buffered"
         );
+    }
+
+    #[test]
+    fn small_progress_is_reported_once_the_guest_sees_little_free_space() {
+        let (mut c, mut h) = pair();
+        let small: libc::c_int = 4096;
+        // SAFETY: setsockopt on a socket we own, with a c_int option value of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&c.stream),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                std::ptr::addr_of!(small).cast::<libc::c_void>(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap(),
+            )
+        };
+        assert_eq!(rc, 0);
+        let chunk = vec![1u8; 64 * 1024];
+        for _ in 0..4 {
+            c.push_from_guest(&chunk).unwrap();
+        }
+        assert!(c.tx_buffered() > (BUF_ALLOC - CREDIT_LOW_WATER) as usize);
+        let _ = c.header(3, OP_RW, 0, 0); // the guest has seen everything consumed so far
+        assert!(c.guest_view_of_free_space() < CREDIT_LOW_WATER);
+        assert!(!c.credit_update_due());
+        let before = c.fwd_cnt;
+        // The host reads what the small socket buffer held; the flush refills it.
+        let mut got = vec![0u8; usize::try_from(before.0).unwrap()];
+        h.read_exact(&mut got).unwrap();
+        c.flush().unwrap();
+        let consumed = (c.fwd_cnt - before).0;
+        assert!(
+            consumed > 0 && consumed < CREDIT_UPDATE_THRESHOLD,
+            "{consumed}"
+        );
+        let u = c
+            .credit_update(3)
+            .expect("the guest is nearly out of credit");
+        assert_eq!(u.fwd_cnt, c.fwd_cnt.0);
+        assert!(c.credit_update(3).is_none());
     }
 
     #[test]

@@ -4,11 +4,17 @@
 //! `(host port, guest port)`, and the queue of control packets for the guest.
 //!
 //! It never touches virtqueues: the device feeds it guest packets ([`Muxer::handle_tx`]) and
-//! asks it for the next packet to put into an RX buffer ([`Muxer::next_rx_packet`]). New and
+//! asks it for the next packet to put into an RX buffer ([`Muxer::next_rx_packet`]).
+//!
+//! Credit updates are never queued: a connection only has a "credit update due" state (at most
+//! one pending per connection), and the CREDIT_UPDATE header is built when it is written into
+//! an RX buffer, so it always carries the current `fwd_cnt` (virtio 1.2 §5.10.6.3). The control
+//! queue holds at most REQUEST/RESPONSE and one RST per port pair, so what waits for RX
+//! buffers is bounded per connection. New and
 //! closed sockets are (un)registered with the event loop in [`Muxer::sync_events`], so a
 //! closed fd is always removed from epoll before it is closed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -59,6 +65,8 @@ pub struct Muxer {
     next_token: u32,
     next_local_port: u32,
     control: VecDeque<PacketHeader>,
+    /// `(src_port, dst_port)` of the RSTs in `control` (one per port pair is enough).
+    queued_rst: HashSet<(u32, u32)>,
     to_register: Vec<(RawFd, u32)>,
     graveyard: Vec<UnixStream>,
     rr: usize,
@@ -134,6 +142,7 @@ impl Muxer {
             next_token: FIRST_STREAM_TOKEN,
             next_local_port: LOCAL_PORT_BASE,
             control: VecDeque::new(),
+            queued_rst: HashSet::new(),
             to_register: Vec::new(),
             graveyard: Vec::new(),
             rr: 0,
@@ -174,18 +183,30 @@ impl Muxer {
         }
     }
 
-    fn push_control(&mut self, hdr: PacketHeader) {
+    /// Queues a control packet; false if the queue was full and it was dropped.
+    fn push_control(&mut self, hdr: PacketHeader) -> bool {
         if self.control.len() >= MAX_CONTROL {
             self.metrics.control_dropped.inc();
             warn_ratelimited!("vsock: control queue full, dropping op {}", hdr.op);
-            return;
+            return false;
         }
         self.control.push_back(hdr);
+        true
+    }
+
+    /// Queues an RST unless one for the same port pair is already waiting.
+    fn push_rst(&mut self, hdr: PacketHeader) {
+        if self.queued_rst.insert((hdr.src_port, hdr.dst_port)) {
+            if self.push_control(hdr) {
+                self.metrics.rst_sent.inc();
+            } else {
+                self.queued_rst.remove(&(hdr.src_port, hdr.dst_port));
+            }
+        }
     }
 
     fn rst_for(&mut self, to: &PacketHeader) {
-        self.metrics.rst_sent.inc();
-        self.push_control(PacketHeader {
+        self.push_rst(PacketHeader {
             src_cid: HOST_CID,
             dst_cid: self.guest_cid,
             src_port: to.dst_port,
@@ -208,8 +229,7 @@ impl Muxer {
     fn reset_conn(&mut self, key: ConnKey) {
         if let Some(c) = self.conns.get_mut(&key) {
             let hdr = c.header(self.guest_cid, OP_RST, 0, 0);
-            self.metrics.rst_sent.inc();
-            self.push_control(hdr);
+            self.push_rst(hdr);
         }
         self.remove(key);
     }
@@ -277,7 +297,7 @@ impl Muxer {
         self.tokens.insert(token, (local, port));
         self.conns.insert((local, port), conn);
         self.metrics.conns_opened.inc();
-        self.push_control(req);
+        let _ = self.push_control(req);
     }
 
     /// A readiness event on a stream.
@@ -360,7 +380,7 @@ impl Muxer {
         self.tokens.insert(token, key);
         self.conns.insert(key, conn);
         self.metrics.conns_opened.inc();
-        self.push_control(resp);
+        let _ = self.push_control(resp);
     }
 
     /// Handles one packet the guest sent.
@@ -386,7 +406,6 @@ impl Muxer {
             self.guest_connect(hdr);
             return;
         }
-        let cid = self.guest_cid;
         let Some(c) = self.conns.get_mut(&key) else {
             if hdr.op != OP_RST {
                 self.rst_for(hdr);
@@ -406,12 +425,9 @@ impl Muxer {
             OP_RST => self.remove(key),
             OP_RW if c.state == ConnState::Established && c.peer_shutdown & SHUTDOWN_SEND == 0 => {
                 self.metrics.tx_bytes.add(payload.len() as u64);
+                // A credit update that becomes due is sent by `next_rx_packet`.
                 match c.push_from_guest(payload) {
-                    Ok(()) => {
-                        if let Some(u) = c.credit_update(cid) {
-                            self.push_control(u);
-                        }
-                    }
+                    Ok(()) => {}
                     Err(TxError::CreditExceeded) => {
                         self.metrics.credit_violations.inc();
                         warn_ratelimited!("vsock: guest port {} exceeded its credit", hdr.src_port);
@@ -421,12 +437,7 @@ impl Muxer {
                 }
             }
             OP_CREDIT_UPDATE => {}
-            OP_CREDIT_REQUEST => {
-                c.want_credit_update();
-                if let Some(u) = c.credit_update(cid) {
-                    self.push_control(u);
-                }
-            }
+            OP_CREDIT_REQUEST => c.want_credit_update(),
             OP_SHUTDOWN => {
                 c.peer_shutdown |= hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
                 if c.peer_shutdown == SHUTDOWN_RCV | SHUTDOWN_SEND {
@@ -450,6 +461,9 @@ impl Muxer {
         buf: &mut [u8],
     ) -> Option<(PacketHeader, usize)> {
         if let Some(h) = self.control.pop_front() {
+            if h.op == OP_RST {
+                self.queued_rst.remove(&(h.src_port, h.dst_port));
+            }
             return Some((h, 0));
         }
         let cid = self.guest_cid;
@@ -539,11 +553,13 @@ impl Muxer {
         self.to_register.clear();
         self.tokens.clear();
         self.control.clear();
+        self.queued_rst.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::connection::BUF_ALLOC;
     use super::*;
     use std::io::BufRead;
 
@@ -707,6 +723,62 @@ mod tests {
         // Credit request gets an update.
         m.handle_tx(&guest(OP_CREDIT_REQUEST, 10, 5), &[]);
         assert_eq!(next(&mut m).unwrap().0.op, OP_CREDIT_UPDATE);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A guest-initiated connection 10 -> 5 with its host end.
+    fn established(m: &mut Muxer, dir: &Path) -> UnixStream {
+        let listener = UnixListener::bind(dir.join("v.sock_5")).unwrap();
+        m.handle_tx(&guest(OP_REQUEST, 10, 5), &[]);
+        assert_eq!(next(m).unwrap().0.op, OP_RESPONSE);
+        listener.accept().unwrap().0
+    }
+
+    #[test]
+    fn many_rw_packets_leave_one_credit_update_with_the_current_fwd_cnt() {
+        let (mut m, dir) = muxer("manyrw");
+        let mut s = established(&mut m, &dir);
+        let chunk = vec![0x5au8; 16 << 10];
+        let mut sink = vec![0u8; chunk.len()];
+        for _ in 0..32 {
+            m.handle_tx(&guest(OP_RW, 10, 5), &chunk);
+            s.read_exact(&mut sink).unwrap();
+        }
+        assert!(m.control.is_empty(), "no credit update was queued");
+        let (u, _) = next(&mut m).unwrap();
+        assert_eq!(
+            (u.op, u.fwd_cnt, u.buf_alloc),
+            (OP_CREDIT_UPDATE, 32 << 14, BUF_ALLOC),
+            "one update, built when sent, with everything consumed so far"
+        );
+        assert!(next(&mut m).is_none(), "at most one pending update");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn repeated_credit_requests_and_rsts_stay_bounded() {
+        let (mut m, dir) = muxer("manyreq");
+        let mut s = established(&mut m, &dir);
+        m.handle_tx(&guest(OP_RW, 10, 5), b"abc");
+        for _ in 0..100 {
+            m.handle_tx(&guest(OP_CREDIT_REQUEST, 10, 5), &[]);
+        }
+        let mut got = [0u8; 3];
+        s.read_exact(&mut got).unwrap();
+        let (u, _) = next(&mut m).unwrap();
+        assert_eq!((u.op, u.fwd_cnt), (OP_CREDIT_UPDATE, 3));
+        assert!(next(&mut m).is_none(), "100 requests, one answer");
+        // Data for an unknown connection, again and again: one RST waits, not 100.
+        for _ in 0..100 {
+            m.handle_tx(&guest(OP_RW, 11, 5), b"x");
+        }
+        assert_eq!(m.control.len(), 1);
+        assert_eq!(next(&mut m).unwrap().0.op, OP_RST);
+        assert!(next(&mut m).is_none());
+        // Once it was sent, a new offence gets a new RST.
+        m.handle_tx(&guest(OP_RW, 11, 5), b"x");
+        assert_eq!(next(&mut m).unwrap().0.op, OP_RST);
+        assert_eq!(m.metrics.rst_sent.get(), 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
