@@ -6,7 +6,7 @@
 //!
 //! Expects a booted guest whose agent listens on vsock 1024/1026 behind the hybrid-vsock Unix
 //! socket `UDS`, and a busybox rootfs at `ROOTFS_IN_GUEST` inside the guest. Runs: output and
-//! hostname, exit code 42, SIGTERM -> 143, exec, pids limit, memory limit -> OOM event,
+//! hostname, exit code 42, SIGKILL -> 137, exec, pids limit, memory limit -> OOM event,
 //! stats, pause/resume, a tty with resize, then Shutdown. Prints one line per step and exits
 //! non-zero on the first failure.
 
@@ -87,6 +87,7 @@ fn spec(rootfs: &str, args: &[&str], linux_extra: serde_json::Value) -> Vec<u8> 
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["ro", "nosuid", "nodev", "noexec"]}
         ],
         "linux": linux
@@ -258,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
         .run(
             "oom",
             &["sh", "-c", "x=a; while true; do x=$x$x; done"],
-            serde_json::json!({"resources": {"memory": {"limit": 8388608, "swap": 8388608}}}),
+            serde_json::json!({"resources": {"memory": {"limit": 8388608}}}),
         )
         .await?;
     let ev = tokio::time::timeout(Duration::from_secs(10), oom)
@@ -335,7 +336,7 @@ async fn main() -> anyhow::Result<()> {
         ctx(),
         &agent::SignalProcessRequest {
             container_id: "long".into(),
-            signal: 15,
+            signal: 9,
             ..Default::default()
         },
     )
@@ -349,8 +350,8 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .await?;
-    ensure!(w.status == 143, "SIGTERM gave {}", w.status);
-    println!("PASS SIGTERM -> 143");
+    ensure!(w.status == 137, "SIGKILL gave {}", w.status);
+    println!("PASS SIGKILL -> 137");
     g.c.remove_container(ctx(), &cr().into_remove()).await?;
 
     // Terminal with resize.

@@ -289,8 +289,10 @@ async fn container_lifecycle_stdio_exit_codes_and_errors() {
     assert_eq!(read_all(out), "piped input\n");
     remove(&c, "c2", false).await.expect("remove c2");
 
-    // SIGTERM -> 143; exec in a running container; list processes; remove needs force.
+    // SIGKILL -> 137 (an init in its own pid namespace ignores an unhandled SIGTERM, as
+    // under runc); exec in a running container; list processes; remove needs force.
     let _o = stream(&a, "c3", None, StdioStream::Stdout);
+    let _e = stream(&a, "c3", None, StdioStream::Stderr);
     create(
         &c,
         "c3",
@@ -353,7 +355,7 @@ async fn container_lifecycle_stdio_exit_codes_and_errors() {
         ctx(),
         &agent::SignalProcessRequest {
             container_id: "c3".into(),
-            signal: 15,
+            signal: 9,
             ..Default::default()
         },
     )
@@ -369,7 +371,7 @@ async fn container_lifecycle_stdio_exit_codes_and_errors() {
         )
         .await
         .expect("wait c3");
-    assert_eq!(w.status, 143);
+    assert_eq!(w.status, 137);
     remove(&c, "c3", false).await.expect("remove c3");
 
     // Bad input: unknown id, duplicate id, missing rootfs, empty args, bad signal.

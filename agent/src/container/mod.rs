@@ -257,6 +257,10 @@ fn prepare_process(
         ));
     }
     process.insert("terminal".into(), Value::Bool(terminal));
+    // `user` is required by the OCI schema (and by libcontainer's parser); default to root.
+    if !process.get("user").is_some_and(Value::is_object) {
+        process.insert("user".into(), serde_json::json!({"uid": 0, "gid": 0}));
+    }
     if process.get("cwd").and_then(Value::as_str).is_none() {
         process.insert("cwd".into(), Value::String("/".into()));
     }
@@ -723,6 +727,8 @@ impl Containers {
                 )));
             }
         }
+        // An OOM kill just before the removal must not be lost with the cgroup.
+        self.poll_oom(&c);
         let req = HelperRequest::Delete {
             root: self.paths.state_root.clone(),
             id: id.to_owned(),
@@ -833,18 +839,23 @@ impl Containers {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let list: Vec<Arc<Container>> = lock(&self.map).values().cloned().collect();
             for c in list {
-                let n = cgroup::oom_kills(&cgroup::dir(&self.paths.cgroup_root, &c.cgroup_path));
-                let old = c.oom_kills.swap(n, Ordering::SeqCst);
-                if n > old {
-                    log::info!("container {}: OOM kill", c.id);
-                    let mut q = lock(&self.oom_queue);
-                    if q.len() < MAX_OOM_EVENTS {
-                        q.push_back(c.id.clone());
-                    }
-                    drop(q);
-                    self.oom_arrived.notify_waiters();
-                }
+                self.poll_oom(&c);
             }
+        }
+    }
+
+    /// Queues an OOM event if the container's `oom_kill` counter went up since the last look.
+    fn poll_oom(&self, c: &Container) {
+        let n = cgroup::oom_kills(&cgroup::dir(&self.paths.cgroup_root, &c.cgroup_path));
+        let old = c.oom_kills.swap(n, Ordering::SeqCst);
+        if n > old {
+            log::info!("container {}: OOM kill", c.id);
+            let mut q = lock(&self.oom_queue);
+            if q.len() < MAX_OOM_EVENTS {
+                q.push_back(c.id.clone());
+            }
+            drop(q);
+            self.oom_arrived.notify_waiters();
         }
     }
 
