@@ -94,7 +94,10 @@ async fn bench(runs: usize) -> Result<()> {
             .arg(&bzimage)
             .arg("-initrd")
             .arg(&baseline_initrd)
-            .args(["-append", "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"])
+            .args([
+                "-append",
+                "console=ttyS0 reboot=t panic=-1 no_timer_check quiet",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
