@@ -350,65 +350,6 @@ pub async fn run_check(opts: &CheckOptions) -> Result<CheckReport, CheckError> {
     Ok(report)
 }
 
-/// The usage line of `vmrun check`.
-pub const CHECK_USAGE: &str = "usage: vmrun check [--boot] [--config FILE] [--root DIR]";
-
-/// Parses `vmrun check`'s arguments (those after `check`).
-pub fn parse_check_args(args: &[String]) -> Result<CheckOptions, String> {
-    let mut opts = CheckOptions::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--boot" => opts.boot = true,
-            "--config" => {
-                let v = it.next().ok_or("--config needs a file")?;
-                opts.config_path = Some(PathBuf::from(v));
-            }
-            "--root" => {
-                let v = it.next().ok_or("--root needs a directory")?;
-                opts.root_dir = PathBuf::from(v);
-            }
-            "-h" | "--help" => return Err(CHECK_USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other:?}\n{CHECK_USAGE}")),
-        }
-    }
-    Ok(opts)
-}
-
-/// `vmrun check` as a command: parses `args` (after `check`), runs the check on a fresh tokio
-/// runtime, prints the report to stdout and returns the exit status (0: the host can run
-/// sandboxes; 1: something failed; 2: bad arguments or config).
-pub fn main_check(args: &[String]) -> i32 {
-    let opts = match parse_check_args(args) {
-        Ok(o) => o,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return 2;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vmrun check: cannot start the async runtime: {e}");
-            return 2;
-        }
-    };
-    match rt.block_on(run_check(&opts)) {
-        Ok(report) => {
-            println!("{report}");
-            i32::from(!report.ok())
-        }
-        Err(e) => {
-            eprintln!("vmrun check: {}", error_chain(&e));
-            2
-        }
-    }
-}
-
 /// Boots a throw-away sandbox; `None` (with a failed item) if it did not boot.
 async fn boot_test(
     config: &Config,
@@ -581,20 +522,6 @@ fn program_version(program: &Path, args: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn check_arguments() {
-        let a = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let o = parse_check_args(&a(&["--boot", "--root", "/r", "--config", "/c.toml"])).unwrap();
-        assert!(o.boot);
-        assert_eq!(o.root_dir, PathBuf::from("/r"));
-        assert_eq!(o.config_path, Some(PathBuf::from("/c.toml")));
-        assert!(parse_check_args(&a(&["--bogus"]))
-            .unwrap_err()
-            .contains("--bogus"));
-        assert!(parse_check_args(&a(&["--root"])).is_err());
-        assert!(!parse_check_args(&[]).unwrap().boot);
-    }
 
     #[test]
     fn digest_is_sha256() {

@@ -59,8 +59,6 @@ fn user_groups_capabilities_and_rlimits() {
 }
 
 #[test]
-#[ignore = "not done: the agent refuses every linux.seccomp section (its self-check reports \
-            that this guest cannot apply seccomp filters); run with --ignored once it can"]
 fn seccomp_denies_mkdir() {
     if !require_cli_artifacts("cli_seccomp") {
         return;

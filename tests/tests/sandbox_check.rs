@@ -13,10 +13,10 @@ fn vmrun_check(root: &TestRoot, config: &std::path::Path, args: &[&str]) -> (i32
     // The artifacts must exist (VMRUN_ARTIFACTS is inherited by the child).
     let _ = artifact("initramfs.cpio");
     let out = Command::new(host_bin("vmrun"))
-        .arg("check")
-        .args(args)
         .arg("--root")
         .arg(root.path())
+        .arg("check")
+        .args(args)
         .env("VMRUN_CONFIG", config)
         .env("VMRUN_ARTIFACTS", vmrun_tests::artifacts_dir())
         .output()

@@ -6,12 +6,6 @@ use clap::Parser;
 use vmrun_runtime::cli::{self, Cli};
 
 fn main() {
-    // `vmrun check` (h-runtime): handled before the runc-style parser.
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("check") {
-        #[allow(clippy::exit)]
-        std::process::exit(vmrun_runtime::check::main_check(&args[2..]));
-    }
     let cli = Cli::parse();
     let code = match cli::run(cli) {
         Ok(code) => code,

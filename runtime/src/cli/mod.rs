@@ -244,6 +244,9 @@ pub enum Command {
         /// Also boot a throw-away sandbox and talk to its agent.
         #[arg(long)]
         boot: bool,
+        /// The host configuration to check (default: `$VMRUN_CONFIG`, else /etc/vmrun/config.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Internal: the per-container monitor process (started by `create`).
     #[command(hide = true)]
@@ -374,9 +377,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Monitor(args) => Ok(monitor::main(g, &args)),
-        Command::Check { boot } => {
+        Command::Check { boot, config } => {
             let opts = crate::check::CheckOptions {
-                config_path: None,
+                config_path: config,
                 boot,
                 root_dir: absolute(&g.root).join(monitor::SANDBOX_DIR),
             };
