@@ -42,6 +42,7 @@ use crate::agent_client::AgentClient;
 use crate::cli::{CreateArgs, GlobalOpts};
 use crate::config::{Config, ConfigError};
 use crate::oci::Bundle;
+use crate::sandbox::timings::{StepKind, Timings};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 use crate::state::{
     format_rfc3339, process_alive, process_start_time, ContainerRecord, StateError, StateStore,
@@ -528,9 +529,10 @@ pub fn main(g: &GlobalOpts, args: &MonitorArgs) -> i32 {
         foreground: false,
         autostart: false,
     };
+    let mut timings = Timings::new();
     let code = rt.block_on(async {
         let mut ready = ready;
-        let result = run_monitor(&store, opts, |r| {
+        let result = run_monitor(&store, opts, &mut timings, |r| {
             let msg = match r {
                 Ok(()) => "ok\n".to_owned(),
                 Err(e) => format!("error {}\n", chain(e)),
@@ -549,6 +551,7 @@ pub fn main(g: &GlobalOpts, args: &MonitorArgs) -> i32 {
     });
     // Blocking stdio reads (fd 0) never end by themselves; do not wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
+    timings.report(&args.id);
     code
 }
 
@@ -571,8 +574,11 @@ pub fn run_foreground(
     bundle: &Bundle,
     keep: bool,
 ) -> Result<i32, MonitorError> {
+    let mut timings = Timings::new();
+    let t = Instant::now();
     let root = crate::cli::absolute(store.root());
     drop(store.create(&new_record(&args.id, bundle, &root))?);
+    timings.record("monitor.state_create", StepKind::Host, t);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -586,11 +592,12 @@ pub fn run_foreground(
         autostart: true,
     };
     let pid_file = args.pid_file.clone();
-    let result = rt.block_on(run_monitor(store, opts, |r| {
+    let result = rt.block_on(run_monitor(store, opts, &mut timings, |r| {
         if let (Ok(()), Some(p)) = (r, &pid_file) {
             let _ = write_pid_file(p, i32::try_from(std::process::id()).unwrap_or(0));
         }
     }));
+    let t = Instant::now();
     rt.shutdown_timeout(Duration::from_millis(100));
     let remove = result.is_err() || !keep;
     if remove {
@@ -601,6 +608,8 @@ pub fn run_foreground(
             let _ = store.remove(lock);
         }
     }
+    timings.record("monitor.state_remove", StepKind::Host, t);
+    timings.report(&args.id);
     result
 }
 
@@ -643,7 +652,9 @@ async fn create_container(
     root: &Path,
     console_socket: Option<&Path>,
     foreground: bool,
+    timings: &mut Timings,
 ) -> Result<(Sandbox, Relays), MonitorError> {
+    let t = Instant::now();
     let host = Config::load_default()?;
     let settings = host.sandbox_settings(&bundle.summary.annotations)?;
     let (sb_root, sb_id) = sandbox_location(root, id);
@@ -651,8 +662,10 @@ async fn create_container(
     cfg.settings = settings;
     cfg.shared_fs = true;
     cfg.hostname = bundle.summary.hostname.clone().filter(|h| !h.is_empty());
-    let t0 = Instant::now();
+    let t0 = timings.record("monitor.config_load", StepKind::Host, t);
     let sandbox = Sandbox::start(cfg).await?;
+    timings.extend(sandbox.timings());
+    let t = Instant::now();
     log::info!(
         "container {id}: sandbox {} ready in {:?}",
         sandbox.paths().dir.display(),
@@ -685,7 +698,9 @@ async fn create_container(
         }
         _ => None,
     };
+    let t = timings.record("monitor.rootfs_share_and_spec", StepKind::Host, t);
     let streams = Streams::open(&sandbox, id, None, terminal).await?;
+    let t = timings.record("monitor.stdio_streams_open", StepKind::Host, t);
     let agent = sandbox.agent()?;
     let mut req = agent::CreateContainerRequest::new();
     req.container_id = id.to_owned();
@@ -704,6 +719,7 @@ async fn create_container(
         .create_container(slow_context(), &req)
         .await
         .map_err(|e| rpc_error("CreateContainer", &e))?;
+    let t = timings.record("container.create_rpc", StepKind::Guest, t);
     log::info!(
         "container {id}: created, guest pid {}, {:?} after start",
         resp.pid,
@@ -729,6 +745,7 @@ async fn create_container(
             relays
         }
     };
+    timings.record("monitor.stdio_relays", StepKind::Host, t);
     Ok((sandbox, relays))
 }
 
@@ -879,8 +896,10 @@ async fn container_rpc(
 async fn run_monitor(
     store: &StateStore,
     opts: MonitorOptions,
+    timings: &mut Timings,
     on_created: impl FnOnce(&Result<(), MonitorError>),
 ) -> Result<i32, MonitorError> {
+    let t = Instant::now();
     let id = opts.id.clone();
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     let my_start = process_start_time(me);
@@ -916,20 +935,24 @@ async fn run_monitor(
     let created = async {
         let bundle =
             Bundle::load(&opts.bundle_dir).map_err(|e| MonitorError::CreateFailed(chain(&e)))?;
+        timings.record("monitor.setup_and_bundle_load", StepKind::Host, t);
         let (sandbox, relays) = create_container(
             &id,
             &bundle,
             &root,
             opts.console_socket.as_deref(),
             opts.foreground,
+            timings,
         )
         .await?;
+        let t = Instant::now();
         let dir = std::fs::File::open(store.dir(&id))
             .map_err(io_err("cannot open the state directory"))?;
         let listener = UnixListener::bind(short_socket_path(&dir))
             .map_err(io_err("cannot bind the control socket"))?;
         drop(dir);
         update_record(store, &id, |r| r.status = Status::Created)?;
+        timings.record("monitor.control_socket_and_record", StepKind::Host, t);
         Ok((sandbox, relays, listener, bundle))
     }
     .await;
@@ -964,10 +987,13 @@ async fn run_monitor(
     });
 
     let mut status = Status::Created;
+    let mut t = Instant::now();
     if opts.autostart {
         start_container(&agent, &id).await?;
+        t = timings.record("container.start_rpc", StepKind::Guest, t);
         update_record(store, &id, |r| r.status = Status::Running)?;
         status = Status::Running;
+        t = timings.record("monitor.record_running", StepKind::Host, t);
     }
 
     let exit_code: i32 = loop {
@@ -1075,6 +1101,8 @@ async fn run_monitor(
             }
         }
     };
+    // With `create` + `start` this includes the wait for `start`.
+    let t = timings.record("container.run_until_exit", StepKind::Guest, t);
     control.abort();
     let _ = std::fs::remove_file(store.dir(&id).join(CONTROL_SOCKET));
     if !waiter.is_finished() {
@@ -1088,6 +1116,7 @@ async fn run_monitor(
         r.status = Status::Stopped;
         r.exit_status = Some(exit_code);
     })?;
+    let t = timings.record("monitor.drain_and_record_stopped", StepKind::Host, t);
     let exit = if sandbox.exit_status().is_some() {
         sandbox.kill()
     } else {
@@ -1099,6 +1128,7 @@ async fn run_monitor(
             }
         }
     };
+    timings.record("sandbox.shutdown", StepKind::Host, t);
     log::info!("container {id}: exited with {exit_code}; VM: {exit}");
     Ok(exit_code)
 }

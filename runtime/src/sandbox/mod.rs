@@ -26,6 +26,7 @@
 //! (see [`process`]). Drop blocks briefly (SIGKILL and reap).
 
 pub mod process;
+pub mod timings;
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
@@ -43,6 +44,7 @@ use vmrun_protocol::health::{CheckResponse, VersionResponse};
 use vmrun_protocol::{StdioHeader, StdioStream, AGENT_PORT, LOG_PORT, STDIO_PORT};
 
 use self::process::{ManagedProcess, ProcessError, SpawnOptions};
+use self::timings::{StepKind, Timings};
 use crate::agent_client::{AgentClient, AgentError, DEFAULT_RPC_TIMEOUT};
 use crate::config::{Config, ConfigError, SandboxSettings};
 use crate::hypervisor::{
@@ -325,6 +327,7 @@ pub struct Sandbox {
     version: Option<VersionResponse>,
     check: Option<CheckResponse>,
     boot_to_ready: Option<Duration>,
+    timings: Timings,
     stopping: Arc<AtomicBool>,
     exit_rx: watch::Receiver<Option<VmExit>>,
     keep_console: bool,
@@ -335,6 +338,7 @@ impl Sandbox {
     /// Boots a sandbox and waits until its agent is ready. On any error everything started so
     /// far is torn down before this returns.
     pub async fn start(cfg: SandboxConfig) -> Result<Self, SandboxError> {
+        let t0 = Instant::now();
         cfg.settings.validate()?;
         virtiofs::validate_name("sandbox id", &cfg.id).map_err(SandboxError::InvalidId)?;
         let kvm = cfg.kvm.unwrap_or_else(|| probe_kvm().kind);
@@ -407,11 +411,15 @@ impl Sandbox {
             version: None,
             check: None,
             boot_to_ready: None,
+            timings: Timings::new(),
             stopping: Arc::new(AtomicBool::new(false)),
             exit_rx,
             keep_console: false,
             torn_down: false,
         };
+        sandbox
+            .timings
+            .record("sandbox.prepare", StepKind::Host, t0);
         match sandbox.boot(&cfg, kernel, initrd).await {
             Ok(()) => Ok(sandbox),
             Err(e) => {
@@ -434,6 +442,7 @@ impl Sandbox {
             inherit_fd: None,
         };
         let p = self.paths.clone();
+        let mut t = Instant::now();
 
         let mut extra_cmdline = Vec::new();
         if cfg.settings.debug_console {
@@ -464,6 +473,9 @@ impl Sandbox {
             // virtiofsd has its own copy of the listening socket now.
             drop(listener);
             self.daemons.push(Arc::new(d));
+            t = self
+                .timings
+                .record("sandbox.virtiofsd_spawn", StepKind::Host, t);
         }
 
         // vsock daemon (QEMU).
@@ -492,6 +504,9 @@ impl Sandbox {
                 Duration::from_secs(10),
             )
             .await?;
+            t = self
+                .timings
+                .record("sandbox.vsock_daemon_ready", StepKind::Host, t);
         }
 
         // Agent log listener, before the guest can connect.
@@ -521,11 +536,18 @@ impl Sandbox {
         };
         let cmd = self.hypervisor.command(&spec);
         log::debug!("sandbox {}: {:?}", self.id, cmd);
+        self.timings
+            .record("sandbox.log_listener_and_vm_spec", StepKind::Host, t);
         let started = Instant::now();
         let vm = ManagedProcess::spawn(self.hypervisor.name(), cmd, &p.hypervisor_log, &opts)?;
         let vm_rx = vm.subscribe();
         self.vm = Some(vm);
         self.spawn_watcher(vm_rx);
+        // The spawn itself is host work; the boot counts from here (not from `started`) so that
+        // the two do not overlap. `boot_to_ready` below keeps its documented meaning.
+        let t = self
+            .timings
+            .record("sandbox.hypervisor_spawn", StepKind::Host, started);
 
         // Reach the agent.
         let client = self
@@ -533,12 +555,20 @@ impl Sandbox {
             .await?;
         let version = client.handshake(cfg.expected_api_version).await?;
         self.boot_to_ready = Some(started.elapsed());
+        let t = self
+            .timings
+            .record("sandbox.boot_to_agent_ready", StepKind::Boot, t);
         let check = client.check().await?;
+        let t = self
+            .timings
+            .record("sandbox.agent_check", StepKind::Guest, t);
         if cfg.shared_fs || cfg.hostname.is_some() {
             let tag = cfg.shared_fs.then_some(virtiofs::SHARED_FS_TAG);
             client
                 .create_sandbox(&self.id, cfg.hostname.as_deref().unwrap_or(""), tag)
                 .await?;
+            self.timings
+                .record("sandbox.create_sandbox_rpc", StepKind::Guest, t);
         }
         log::info!(
             "sandbox {}: agent {} (API {}) ready after {:?}",
@@ -692,6 +722,11 @@ impl Sandbox {
     /// Time from hypervisor start to the agent's Version answer.
     pub fn boot_to_ready(&self) -> Option<Duration> {
         self.boot_to_ready
+    }
+
+    /// The steps of [`Sandbox::start`] and how long each took.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
     }
 
     /// The agent client; fails once the hypervisor exited.
