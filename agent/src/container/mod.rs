@@ -223,6 +223,15 @@ pub fn prepare_spec(
                 .into(),
         ));
     }
+    let rules = device_rules(linux);
+    if rules > 0 {
+        // Not silent: the agent is built without libcontainer's `cgroupsv2_devices` (it needs
+        // static libbpf), so no cgroup device program enforces these rules.
+        log::warn!(
+            "container {id}: {rules} linux.resources.devices rule(s) NOT enforced (no cgroup v2 \
+             device program in this guest); device nodes are limited to linux.devices"
+        );
+    }
     let cgroup_path = match linux.get("cgroupsPath").and_then(Value::as_str) {
         Some(p) if p.starts_with('/') && !p.contains(':') && !p.split('/').any(|c| c == "..") => {
             PathBuf::from(p)
@@ -239,6 +248,15 @@ pub fn prepare_spec(
         .ok_or_else(|| ContainerError::Invalid("OCI spec has no process".into()))?;
     prepare_process(process, &rootfs, terminal)?;
     Ok((spec, cgroup_path))
+}
+
+/// How many `linux.resources.devices` rules a spec's `linux` object has.
+fn device_rules(linux: &serde_json::Map<String, Value>) -> usize {
+    linux
+        .get("resources")
+        .and_then(|r| r.get("devices"))
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len)
 }
 
 /// Checks and completes an OCI process object (init or exec).
@@ -969,6 +987,21 @@ async fn receive_pty_master(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_rules_are_counted() {
+        let linux = |v: Value| v.as_object().cloned().unwrap();
+        assert_eq!(device_rules(&linux(serde_json::json!({}))), 0);
+        assert_eq!(
+            device_rules(&linux(serde_json::json!({"resources": {}}))),
+            0
+        );
+        let two = serde_json::json!({"resources": {"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}
+        ]}});
+        assert_eq!(device_rules(&linux(two)), 2);
+    }
 
     fn rootfs() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vmrun-spec-{}", std::process::id()));

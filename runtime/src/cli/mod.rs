@@ -591,6 +591,13 @@ fn list(store: &StateStore, format: ListFormat, quiet: bool) -> Result<(), CliEr
     print_out(&text, "list")
 }
 
+/// The `io.vmrun.cgroup.devices` feature annotation: the guest agent is built without
+/// libcontainer's `cgroupsv2_devices` (it needs static libbpf/libelf/zstd), so
+/// `linux.resources.devices` rules are not enforced; the agent logs a warning per container.
+pub const DEVICES_NOT_ENFORCED: &str = "not enforced: linux.resources.devices rules are \
+    accepted but no cgroup v2 device program applies them in the guest (the agent logs a \
+    warning); device nodes are limited to those the spec's linux.devices creates";
+
 /// The OCI runtime features document (`runc features`) of this runtime.
 pub fn features() -> serde_json::Value {
     let sigs: Vec<String> = (1..=31)
@@ -614,7 +621,8 @@ pub fn features() -> serde_json::Value {
         },
         "annotations": {
             "io.vmrun.sandbox": "microvm",
-            "io.vmrun.signals": sigs.join(",")
+            "io.vmrun.signals": sigs.join(","),
+            "io.vmrun.cgroup.devices": DEVICES_NOT_ENFORCED
         }
     })
 }
@@ -732,5 +740,9 @@ mod tests {
         let f = features();
         assert_eq!(f["ociVersionMax"], crate::state::OCI_VERSION);
         assert_eq!(f["linux"]["cgroup"]["v2"], true);
+        let devices = f["annotations"]["io.vmrun.cgroup.devices"]
+            .as_str()
+            .expect("devices annotation");
+        assert!(devices.starts_with("not enforced: "), "{devices}");
     }
 }
