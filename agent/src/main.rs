@@ -225,7 +225,10 @@ fn run(
         server.start().await.context("start the ttrpc server")?;
         let ready = system::boot_time_ms();
         let _ = agent.ready_ms.set(ready);
-        println!("vmrun-agent: ready in {ready} ms since kernel start (listening on {addr})");
+        println!(
+            "{} in {ready} ms since kernel start (listening on {addr})",
+            vmrun_protocol::READY_LINE
+        );
         agent.shutdown.notified().await;
         log::info!("shutting down");
         server.shutdown().await.context("stop the ttrpc server")?;

@@ -97,6 +97,12 @@ pub const QEMU_CLEAN_SHUTDOWN_STATUS: i32 = ((CLEAN_SHUTDOWN_CODE as i32) << 1) 
 /// The `exec_id` word of a stdio header that names a container's init process.
 pub const INIT_EXEC_ID: &str = "-";
 
+/// What the agent prints on the console, at the start of a line, once its ttrpc server listens
+/// (followed by ` in <ms> ms since kernel start ...`). The host waits for it before its first
+/// `CONNECT` to [`AGENT_PORT`]: vhost-device-vsock 0.3 can wedge a host connection that arrives
+/// before the guest's vsock driver is up.
+pub const READY_LINE: &str = "vmrun-agent: ready";
+
 /// Longest stdio header line accepted, including the final `\n`.
 pub const STDIO_HEADER_MAX_LEN: usize = 2100;
 

@@ -47,11 +47,23 @@ fn vmrun_check_boot_boots_a_sandbox_and_reports_the_agent() {
         text.contains("vmrun check: this host can run vmrun sandboxes"),
         "{text}"
     );
-    // The throw-away sandbox left nothing behind.
+    // The throw-away sandbox left nothing behind: `vmrun` keeps sandboxes under
+    // `<root>/@sandboxes`, which must be empty again.
     let leftovers: Vec<_> = std::fs::read_dir(root.path())
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .flat_map(|p| {
+            if p.file_name().is_some_and(|n| n == "@sandboxes") {
+                std::fs::read_dir(&p)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect()
+            } else {
+                vec![p]
+            }
+        })
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert_cleaned_up(root.path(), "none", &[]);

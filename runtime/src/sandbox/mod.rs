@@ -41,7 +41,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vmrun_protocol::health::{CheckResponse, VersionResponse};
-use vmrun_protocol::{StdioHeader, StdioStream, AGENT_PORT, LOG_PORT, STDIO_PORT};
+use vmrun_protocol::{StdioHeader, StdioStream, AGENT_PORT, LOG_PORT, READY_LINE, STDIO_PORT};
 
 use self::process::{ManagedProcess, ProcessError, SpawnOptions};
 use self::timings::{StepKind, Timings};
@@ -638,6 +638,15 @@ impl Sandbox {
                     console_tail: console_tail(&self.paths.console_log),
                 });
             }
+            // Connect only once the agent says on the console that it listens: a host
+            // connection that reaches vhost-device-vsock before the guest's vsock driver is up
+            // can stay unanswered for good (seen here under load with QEMU/TCG).
+            if !console_says_ready(&self.paths.console_log) {
+                last_error = format!("the console shows no {:?} line yet", READY_LINE);
+                let mut rx = self.exit_rx.clone();
+                let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
+                continue;
+            }
             // A handshake always ends (OK, or EOF while nothing listens yet) unless the daemon
             // is wedged; under a heavily loaded TCG host it can take seconds, so an attempt is
             // bounded generously and only to survive a wedged peer.
@@ -1004,6 +1013,15 @@ pub fn console_tail(path: &Path) -> String {
     } else {
         tail
     }
+}
+
+/// Whether the console log holds the agent's [`READY_LINE`] at the start of a line.
+fn console_says_ready(console_log: &Path) -> bool {
+    std::fs::read(console_log).is_ok_and(|bytes| {
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .any(|l| l.trim_start_matches('\r').starts_with(READY_LINE))
+    })
 }
 
 /// Accepts the agent's log connections on `<uds>_1025`, appends what arrives to `file`
