@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -118,6 +118,37 @@ pub struct ActiveState {
     pub acked_features: u64,
     /// The interrupt towards the driver.
     pub interrupt: Interrupt,
+}
+
+/// What a single-queue device (blk, rng) keeps while active.
+#[derive(Debug)]
+pub struct SingleQueue {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The device's one queue.
+    pub queue: Queue,
+    /// The interrupt towards the driver.
+    pub interrupt: Interrupt,
+}
+
+impl ActiveState {
+    /// Takes the one queue of a single-queue device, which the driver must have made ready.
+    pub fn into_single_queue(self) -> Result<SingleQueue, ActivateError> {
+        let got = self.queues.len();
+        let queue = self
+            .queues
+            .into_iter()
+            .next()
+            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
+        if !queue.ready() {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        Ok(SingleQueue {
+            mem: self.mem,
+            queue,
+            interrupt: self.interrupt,
+        })
+    }
 }
 
 /// Errors activating a device.

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use virtio_queue::QueueT;
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue_util::{add_used, notify_if_needed};
-use super::{ActivateError, ActiveState, Interrupt, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{ActivateError, ActiveState, SingleQueue, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::metrics::{Counter, MetricsSource};
 use crate::warn_ratelimited;
 
@@ -44,16 +44,10 @@ impl MetricsSource for RngMetrics {
     }
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Interrupt,
-}
-
 /// The entropy device.
 pub struct Rng {
     evts: Vec<EventFd>,
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     metrics: Arc<RngMetrics>,
 }
 
@@ -160,20 +154,7 @@ impl VirtioDevice for Rng {
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError> {
-        let got = state.queues.len();
-        let queue = state
-            .queues
-            .into_iter()
-            .next()
-            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
-        self.active = Some(Active {
-            mem: state.mem,
-            queue,
-            interrupt: state.interrupt,
-        });
+        self.active = Some(state.into_single_queue()?);
         // Requests may have been queued before DRIVER_OK: let the event loop look (device work
         // never runs on the vCPU thread that wrote DRIVER_OK).
         let _ = self.evts[0].write(1);
@@ -200,9 +181,12 @@ impl MutEventSubscriber for Rng {
 #[cfg(test)]
 mod tests {
     use super::super::queue_util::fixture::*;
+    use super::super::Interrupt;
     use super::*;
     use crate::devices::irq::IrqLine;
+    use virtio_queue::Queue;
     use vm_memory::GuestAddress;
+    use vm_memory::GuestMemoryMmap;
 
     fn activate(rng: &mut Rng, mem: &GuestMemoryMmap, q: Queue) -> Interrupt {
         let interrupt = Interrupt::new(IrqLine::new(5).unwrap());

@@ -7,15 +7,14 @@ use std::fs::OpenOptions;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Disk, RequestType, ID_LEN, SECTOR_SIZE, VIRTIO_BLK_S_OK};
 use crate::config::BlockConfig;
 use crate::devices::virtio::queue_util::{add_used, notify_if_needed};
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, ActiveState, Interrupt, VirtioDevice, TYPE_BLOCK,
+    read_config_bytes, ActivateError, ActiveState, SingleQueue, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
 };
 use crate::metrics::{Counter, MetricsSource};
@@ -71,19 +70,13 @@ impl MetricsSource for BlockMetrics {
     }
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Interrupt,
-}
-
 /// A file-backed virtio-blk device.
 pub struct Block {
     disk: Disk,
     config: [u8; 16],
     features: u64,
     evts: Vec<EventFd>,
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     metrics: Arc<BlockMetrics>,
 }
 
@@ -212,20 +205,7 @@ impl VirtioDevice for Block {
         warn_ratelimited!("block: config space is read-only");
     }
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError> {
-        let got = state.queues.len();
-        let queue = state
-            .queues
-            .into_iter()
-            .next()
-            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
-        self.active = Some(Active {
-            mem: state.mem,
-            queue,
-            interrupt: state.interrupt,
-        });
+        self.active = Some(state.into_single_queue()?);
         // Let the event loop serve anything queued before DRIVER_OK.
         let _ = self.evts[0].write(1);
         Ok(())
@@ -254,6 +234,8 @@ mod tests {
     use super::*;
     use crate::devices::irq::IrqLine;
     use crate::devices::virtio::queue_util::fixture::*;
+    use crate::devices::virtio::Interrupt;
+    use vm_memory::GuestMemoryMmap;
     use vm_memory::{Bytes, GuestAddress};
 
     const HDR: u64 = 0x10_0000;
