@@ -115,8 +115,9 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A host binary of this workspace (`vmrun`, `vmrun-vmm`, ...), built by the same cargo
-/// invocation as the running test: it sits next to the test executable's `deps/` directory.
+/// A host binary of this workspace (`vmrun`, `vmrun-vmm`, ...) of the running test's profile:
+/// it sits next to the test executable's `deps/` directory. `cargo test` does not build another
+/// package's binaries, so `scripts/test` runs `cargo build --release --workspace --bins` first.
 pub fn host_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
     let profile_dir = exe
@@ -126,7 +127,7 @@ pub fn host_bin(name: &str) -> PathBuf {
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: build the workspace's binaries (cargo test --workspace builds them)",
+        "{} is missing: run `cargo build --release --workspace --bins` first (scripts/test does)",
         path.display()
     );
     path
