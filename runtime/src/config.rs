@@ -261,6 +261,32 @@ pub struct Config {
     pub binaries: BinaryPaths,
     /// Annotation keys (without the `io.vmrun.` prefix) that may override `[sandbox]` settings.
     pub allowed_annotations: Vec<String>,
+    /// Host cgroups of the sandbox's processes.
+    pub host_cgroup: HostCgroupSettings,
+}
+
+/// Default hypervisor and daemon allowance above guest RAM (see docs/cli.md for how it was
+/// measured with QEMU/TCG).
+pub const DEFAULT_HOST_OVERHEAD_MIB: u32 = 384;
+
+/// `[host_cgroup]`: where the sandbox's host processes go (see [`crate::cgroups`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostCgroupSettings {
+    /// Put the monitor, hypervisor and daemons into the spec's `linux.cgroupsPath`.
+    pub enabled: bool,
+    /// MiB the host memory limit allows above the guest RAM (hypervisor, TCG translation
+    /// cache, virtiofsd, vhost-device-vsock, the monitor).
+    pub overhead_mib: u32,
+}
+
+impl Default for HostCgroupSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            overhead_mib: DEFAULT_HOST_OVERHEAD_MIB,
+        }
+    }
 }
 
 impl Default for Config {
@@ -273,6 +299,7 @@ impl Default for Config {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            host_cgroup: HostCgroupSettings::default(),
         }
     }
 }
@@ -326,6 +353,13 @@ impl Config {
     /// Checks the values and the allow-list.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.sandbox.validate()?;
+        if !(32..=65_536).contains(&self.host_cgroup.overhead_mib) {
+            return Err(ConfigError::Invalid {
+                key: "host_cgroup.overhead_mib".to_owned(),
+                value: self.host_cgroup.overhead_mib.to_string(),
+                reason: "must be 32..=65536".to_owned(),
+            });
+        }
         for key in &self.allowed_annotations {
             if !ANNOTATION_KEYS.contains(&key.as_str()) {
                 return Err(ConfigError::Invalid {

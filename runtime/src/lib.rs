@@ -9,6 +9,7 @@ pub mod state;
 pub mod stdio;
 
 pub mod agent_client;
+pub mod cgroups;
 pub mod check;
 pub mod config;
 pub mod hypervisor;

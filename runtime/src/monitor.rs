@@ -134,6 +134,9 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
+    /// The host cgroup could not be set up.
+    #[error("host cgroup")]
+    Cgroup(#[from] crate::cgroups::CgroupError),
     /// Another I/O failure.
     #[error("{what}")]
     Io {
@@ -284,6 +287,7 @@ fn new_record(id: &str, bundle: &Bundle, root: &Path) -> ContainerRecord {
         annotations: bundle.summary.annotations.clone(),
         exit_status: None,
         sandbox: Some(serde_json::json!({ "dir": sb_root.join(sb_id) })),
+        host_cgroup: None,
     }
 }
 
@@ -361,6 +365,9 @@ pub fn spawn_helper(
     if g.debug {
         cmd.arg("--debug");
     }
+    if g.uses_systemd_cgroup() {
+        cmd.arg("--systemd-cgroup");
+    }
     let (sub, rest) = extra
         .split_first()
         .ok_or_else(|| MonitorError::Spawn(std::io::Error::other("no helper subcommand")))?;
@@ -426,6 +433,13 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), MonitorError> {
 /// first, lazily detached) and the directory itself. Its processes died with the monitor
 /// (`PR_SET_PDEATHSIG`).
 pub fn cleanup_leftovers(record: &ContainerRecord) {
+    cleanup_sandbox_dir(record);
+    if let Some(cg) = &record.host_cgroup {
+        cg.remove();
+    }
+}
+
+fn cleanup_sandbox_dir(record: &ContainerRecord) {
     let Some(dir) = record
         .sandbox
         .as_ref()
@@ -528,6 +542,7 @@ pub fn main(g: &GlobalOpts, args: &MonitorArgs) -> i32 {
         console_socket: args.console_socket.clone(),
         foreground: false,
         autostart: false,
+        systemd_cgroup: g.uses_systemd_cgroup(),
     };
     let mut timings = Timings::new();
     let code = rt.block_on(async {
@@ -573,6 +588,7 @@ pub fn run_foreground(
     args: &CreateArgs,
     bundle: &Bundle,
     keep: bool,
+    systemd_cgroup: bool,
 ) -> Result<i32, MonitorError> {
     let mut timings = Timings::new();
     let t = Instant::now();
@@ -590,6 +606,7 @@ pub fn run_foreground(
         console_socket: args.console_socket.clone(),
         foreground: true,
         autostart: true,
+        systemd_cgroup,
     };
     let pid_file = args.pid_file.clone();
     let result = rt.block_on(run_monitor(store, opts, &mut timings, |r| {
@@ -620,6 +637,8 @@ struct MonitorOptions {
     /// Relay the caller's terminal (foreground `run`) instead of a console socket.
     foreground: bool,
     autostart: bool,
+    /// `linux.cgroupsPath` is systemd's `slice:prefix:name`.
+    systemd_cgroup: bool,
 }
 
 type Reply = oneshot::Sender<Response>;
@@ -652,11 +671,16 @@ async fn create_container(
     root: &Path,
     console_socket: Option<&Path>,
     foreground: bool,
+    (store, systemd_cgroup): (&StateStore, bool),
     timings: &mut Timings,
 ) -> Result<(Sandbox, Relays), MonitorError> {
     let t = Instant::now();
     let host = Config::load_default()?;
-    let settings = host.sandbox_settings(&bundle.summary.annotations)?;
+    let mut settings = host.sandbox_settings(&bundle.summary.annotations)?;
+    crate::cgroups::size_vm(&mut settings, &bundle.spec, &bundle.summary.annotations);
+    if host.host_cgroup.enabled {
+        join_host_cgroup(store, id, bundle, systemd_cgroup, &settings, &host)?;
+    }
     let (sb_root, sb_id) = sandbox_location(root, id);
     let mut cfg = SandboxConfig::new(&sb_id, &sb_root, &host);
     cfg.settings = settings;
@@ -747,6 +771,43 @@ async fn create_container(
     };
     timings.record("monitor.stdio_relays", StepKind::Host, t);
     Ok((sandbox, relays))
+}
+
+/// Creates the spec's host cgroup (recorded in the state first, so that `delete` removes it
+/// whatever happens next), sets its limits and moves this process into it: the hypervisor and
+/// daemons it starts next inherit it.
+fn join_host_cgroup(
+    store: &StateStore,
+    id: &str,
+    bundle: &Bundle,
+    systemd: bool,
+    settings: &crate::config::SandboxSettings,
+    host: &Config,
+) -> Result<(), MonitorError> {
+    let path = bundle.spec["linux"]["cgroupsPath"].as_str().unwrap_or("");
+    let Some(path) = crate::cgroups::parse_path(path, systemd)? else {
+        return Ok(());
+    };
+    let cg = crate::cgroups::HostCgroup::create(
+        &path,
+        settings.memory_mib,
+        host.host_cgroup.overhead_mib,
+    )?;
+    if let Err(e) = update_record(store, id, |r| r.host_cgroup = Some(cg.clone())) {
+        cg.remove();
+        return Err(e.into());
+    }
+    cg.apply(&cg.limits(crate::cgroups::cpu_shares(
+        &bundle.spec["linux"]["resources"],
+    )))?;
+    cg.join(std::process::id())?;
+    log::info!(
+        "container {id}: host cgroup {:?}, guest RAM {} MiB + {} MiB overhead",
+        cg.dirs.iter().map(|d| &d.path).collect::<Vec<_>>(),
+        cg.guest_memory_mib,
+        cg.overhead_mib
+    );
+    Ok(())
 }
 
 /// Bind mounts name host paths that the guest cannot see: each source is bind-mounted into the
@@ -942,6 +1003,7 @@ async fn run_monitor(
             &root,
             opts.console_socket.as_deref(),
             opts.foreground,
+            (store, opts.systemd_cgroup),
             timings,
         )
         .await?;

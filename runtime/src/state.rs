@@ -158,6 +158,9 @@ pub struct ContainerRecord {
     /// Opaque data the sandbox library persists to clean up after a dead monitor.
     #[serde(default)]
     pub sandbox: Option<serde_json::Value>,
+    /// The sandbox's host cgroups (removed by `delete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cgroup: Option<crate::cgroups::HostCgroup>,
 }
 
 /// The OCI state JSON (`vmrun state`), with runc's extra `rootfs`, `created` and `owner`.
@@ -519,6 +522,7 @@ mod tests {
             annotations: BTreeMap::new(),
             exit_status: None,
             sandbox: None,
+            host_cgroup: None,
         }
     }
 

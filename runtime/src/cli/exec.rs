@@ -323,35 +323,15 @@ pub fn exec_monitor(store: &StateStore, args: &ExecMonitorArgs) -> i32 {
     })
 }
 
-/// `vmrun update --resources FILE|- ID`: UpdateContainer with an OCI `linux.resources` object,
-/// over a connection of its own to the sandbox's agent.
-pub fn update(store: &StateStore, id: &str, resources: &Path) -> Result<(), CliError> {
-    let record = store.load(id)?;
-    let status = record.effective_status();
-    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
-        return Err(CliError::WrongState {
-            id: id.to_owned(),
-            status,
-            what: "cannot update a container that is not created, running or paused",
-        });
+/// Applies a `linux.resources` object: in the guest (UpdateContainer), then on the host
+/// cgroup (CPU shares; the memory limit stays guest RAM + overhead, because the VM's RAM does
+/// not shrink). A memory limit above the VM's RAM is refused before anything changes.
+pub fn update_value(record: &crate::state::ContainerRecord, value: &Value) -> Result<(), CliError> {
+    let id = record.id.as_str();
+    if let Some(cg) = &record.host_cgroup {
+        crate::cgroups::check_update(cg.guest_memory_mib, value)?;
     }
-    let text = if resources == Path::new("-") {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-            .map_err(|e| CliError::Usage(format!("cannot read the resources from stdin: {e}")))?;
-        s
-    } else {
-        std::fs::read_to_string(resources)
-            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", resources.display())))?
-    };
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("malformed resources: {e}")))?;
-    if !value.is_object() {
-        return Err(CliError::Usage(
-            "the resources must be a JSON object".into(),
-        ));
-    }
-    let uds = vsock_uds(&record)?;
+    let uds = vsock_uds(record)?;
     let rt = runtime()?;
     let result = rt.block_on(async {
         let conn = crate::vsock::connect(&uds, AGENT_PORT, Duration::from_secs(10))
@@ -372,10 +352,14 @@ pub fn update(store: &StateStore, id: &str, resources: &Path) -> Result<(), CliE
             .map_err(|e| monitor::rpc_error("UpdateContainer", &e))
     });
     rt.shutdown_timeout(Duration::from_millis(100));
-    Ok(result?)
+    result?;
+    if let Some(cg) = &record.host_cgroup {
+        cg.apply(&cg.limits(crate::cgroups::cpu_shares(value)))?;
+    }
+    Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -388,7 +372,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         })
 }
 
-fn vsock_uds(record: &crate::state::ContainerRecord) -> Result<PathBuf, CliError> {
+pub(super) fn vsock_uds(record: &crate::state::ContainerRecord) -> Result<PathBuf, CliError> {
     let dir = record
         .sandbox
         .as_ref()

@@ -8,9 +8,11 @@
 //! control socket. Errors are [`CliError`]s; `main` prints them on stderr and, with `--log`, as
 //! a log line (JSON with `--log-format json`), then exits 1.
 
+pub mod events;
 pub mod exec;
 pub mod log;
 pub mod signal;
+pub mod update;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,6 +70,9 @@ pub enum CliError {
     /// The log file could not be opened.
     #[error(transparent)]
     Log(#[from] self::log::LogError),
+    /// A host cgroup setting is invalid or could not be applied.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
 }
 
 impl From<MonitorError> for CliError {
@@ -103,12 +108,20 @@ pub struct GlobalOpts {
     /// Debug logging.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Accepted for runc compatibility; cgroups are managed inside the guest.
+    /// `linux.cgroupsPath` is systemd's `slice:prefix:name` (mapped to the cgroupfs path
+    /// systemd uses; no scope unit is created).
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
-    /// Accepted for crun compatibility (`--cgroup-manager`); ignored for the same reason.
+    /// crun's `--cgroup-manager systemd|cgroupfs` (`systemd` is `--systemd-cgroup`).
     #[arg(long, global = true, hide = true)]
     pub cgroup_manager: Option<String>,
+}
+
+impl GlobalOpts {
+    /// Whether cgroup paths are systemd's `slice:prefix:name`.
+    pub fn uses_systemd_cgroup(&self) -> bool {
+        self.systemd_cgroup || self.cgroup_manager.as_deref() == Some("systemd")
+    }
 }
 
 /// Flags of `create` and `run`.
@@ -198,14 +211,11 @@ pub enum Command {
     /// Internal: the monitor of a detached exec (started by `exec -d`).
     #[command(hide = true)]
     ExecMonitor(exec::ExecMonitorArgs),
-    /// Change a container's cgroup limits (in the guest).
-    Update {
-        /// An OCI `linux.resources` JSON file, or `-` for stdin.
-        #[arg(short, long)]
-        resources: PathBuf,
-        /// Container id.
-        id: String,
-    },
+    /// Change a container's cgroup limits (in the guest, and the host cgroup's CPU shares).
+    Update(update::UpdateArgs),
+    /// Print a container's events as JSON lines: stats every --interval and OOM kills until
+    /// it is gone, or with --stats its stats once.
+    Events(events::EventsArgs),
     /// Freeze every process of a running container.
     Pause {
         /// Container id.
@@ -304,13 +314,19 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 }
                 Ok(0)
             } else {
-                let bundle = load_bundle(&args)?;
+                let bundle = load_bundle(&args, g)?;
                 if args.console_socket.is_some() && !bundle.terminal() {
                     return Err(CliError::Usage(
                         "--console-socket given but process.terminal is false".into(),
                     ));
                 }
-                Ok(monitor::run_foreground(&store, &args, &bundle, keep)?)
+                Ok(monitor::run_foreground(
+                    &store,
+                    &args,
+                    &bundle,
+                    keep,
+                    g.uses_systemd_cgroup(),
+                )?)
             }
         }
         Command::Kill { all, id, signal } => {
@@ -394,9 +410,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             print_out(&format!("{report}\n"), "check")?;
             Ok(if report.ok() { 0 } else { 1 })
         }
-        Command::Update { resources, id } => {
+        Command::Update(args) => {
             let store = StateStore::open(&g.root)?;
-            exec::update(&store, &id, &resources)?;
+            update::update(&store, &args)?;
+            Ok(0)
+        }
+        Command::Events(args) => {
+            let store = StateStore::open(&g.root)?;
+            events::events(&store, &args)?;
             Ok(0)
         }
         Command::Exec(args) => {
@@ -443,7 +464,7 @@ fn print_out(text: &str, what: &str) -> Result<(), CliError> {
         .map_err(|e| output_error(what, e))
 }
 
-fn load_bundle(args: &CreateArgs) -> Result<Bundle, CliError> {
+fn load_bundle(args: &CreateArgs, g: &GlobalOpts) -> Result<Bundle, CliError> {
     crate::state::validate_id(&args.id)?;
     if args.preserve_fds != 0 {
         return Err(CliError::Usage(
@@ -451,13 +472,22 @@ fn load_bundle(args: &CreateArgs) -> Result<Bundle, CliError> {
                 .into(),
         ));
     }
-    Ok(Bundle::load(&args.bundle)?)
+    let bundle = Bundle::load(&args.bundle)?;
+    // A bad cgroupsPath is refused before anything is created.
+    let path = &bundle.spec["linux"]["cgroupsPath"];
+    if !path.is_null() {
+        let text = path
+            .as_str()
+            .ok_or_else(|| CliError::Usage("linux.cgroupsPath must be a string".to_owned()))?;
+        crate::cgroups::parse_path(text, g.uses_systemd_cgroup())?;
+    }
+    Ok(bundle)
 }
 
 /// `create`: validates the bundle, then starts the monitor, which boots the sandbox and
 /// creates the container; returns once the container is created (or failed, leaving nothing).
 fn create(store: &StateStore, g: &GlobalOpts, args: &CreateArgs) -> Result<(), CliError> {
-    let bundle = load_bundle(args)?;
+    let bundle = load_bundle(args, g)?;
     if bundle.terminal() && args.console_socket.is_none() {
         return Err(CliError::Usage(
             "cannot allocate a terminal without --console-socket when the container is detached"
