@@ -1,0 +1,156 @@
+// Copyright 2026 The vmrun Authors
+// SPDX-License-Identifier: Apache-2.0
+
+//! `podman run --rm IMAGE true` with `--runtime vmrun` against `--runtime runc`, in one run,
+//! alternating, N times each (issue #5's closing note). podman gets private storage, run and
+//! tmp directories and a containers.conf with both runtimes; the image is busybox built from
+//! busybox-static (no registry). Both runtimes get the same flags
+//! (`--security-opt seccomp=unconfined`, which vmrun needs while the agent refuses seccomp).
+//!
+//! usage: bench-podman [RUNS]   (the `vmrun` binary next to this one; guest artifacts from
+//! VMRUN_ARTIFACTS; runc at /usr/sbin/runc)
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vmrun_tests::cli::{busybox_image, text, CliEnv};
+use vmrun_tests::host_bin;
+
+const IMAGE: &str = "docker.io/library/vmrunbox:local";
+
+struct Podman<'a> {
+    env: &'a CliEnv,
+}
+
+impl Podman<'_> {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let d = self.env.dir();
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("p-root"))
+            .arg("--runroot")
+            .arg(d.join("p-run"))
+            .arg("--tmpdir")
+            .arg(d.join("p-tmp"))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Result<std::process::Output> {
+        let out = self
+            .cmd(args)
+            .output()
+            .with_context(|| format!("podman {args:?}"))?;
+        if !out.status.success() {
+            bail!("podman {args:?}: {}", text(&out.stderr));
+        }
+        Ok(out)
+    }
+}
+
+fn setup(env: &CliEnv) -> Result<Podman<'_>> {
+    let d = env.dir();
+    let wrapper = d.join("vmrun-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport VMRUN_CONFIG={}\nexec {} --root {} \"$@\"\n",
+            d.join("config.toml").display(),
+            host_bin("vmrun").display(),
+            env.root().display()
+        ),
+    )?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::write(
+        d.join("containers.conf"),
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+             netns = \"none\"\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+             runtime = \"runc\"\nruntime_supports_json = [\"vmrun\", \"runc\"]\n\
+             runtime_supports_kvm = [\"vmrun\"]\n[engine.runtimes]\nvmrun = [\"{}\"]\n\
+             runc = [\"/usr/sbin/runc\"]\n",
+            wrapper.display()
+        ),
+    )?;
+    let tar = busybox_image(&d.join("img"));
+    let p = Podman { env };
+    p.run(&["load", "-i", &tar.to_string_lossy()])?;
+    Ok(p)
+}
+
+fn time_run(p: &Podman<'_>, runtime: &str) -> Result<Duration> {
+    let t = Instant::now();
+    p.run(&[
+        "--runtime",
+        runtime,
+        "run",
+        "--rm",
+        "--security-opt",
+        "seccomp=unconfined",
+        IMAGE,
+        "true",
+    ])?;
+    Ok(t.elapsed())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() -> Result<()> {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map_or(Ok(5), |s| s.parse())
+        .context("RUNS must be a number")?;
+    if runs == 0 {
+        bail!("RUNS must be at least 1");
+    }
+    let env = CliEnv::new("bench-podman");
+    let p = setup(&env)?;
+    // One untimed run each: image layers mounted once, caches warm.
+    time_run(&p, "runc")?;
+    time_run(&p, "vmrun")?;
+    let mut vmrun = Vec::new();
+    let mut runc = Vec::new();
+    for _ in 0..runs {
+        vmrun.push(time_run(&p, "vmrun")?);
+        runc.push(time_run(&p, "runc")?);
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "podman run --rm {IMAGE} true, {runs} runs each, alternating (load {})",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("| runtime | median ms | min ms | max ms |");
+    println!("|---|---|---|---|");
+    let mut medians = Vec::new();
+    for (name, v) in [
+        ("vmrun (QEMU/TCG microVM)", &mut vmrun),
+        ("runc", &mut runc),
+    ] {
+        v.sort();
+        let med = v[v.len() / 2];
+        medians.push(med);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} |",
+            ms(med),
+            ms(v[0]),
+            ms(v[v.len() - 1])
+        );
+    }
+    println!(
+        "vmrun / runc median: {:.1}x",
+        ms(medians[0]) / ms(medians[1]).max(1.0)
+    );
+    let _ = p.cmd(&["system", "reset", "--force"]).output();
+    Ok(())
+}
