@@ -7,7 +7,7 @@
 //! busybox-static (no registry). Both runtimes get the same flags
 //! (`--security-opt seccomp=unconfined`, which vmrun needs while the agent refuses seccomp).
 //!
-//! usage: bench-podman [RUNS]   (the `vmrun` binary next to this one; guest artifacts from
+//! usage: bench-podman [RUNS]   (the `vmrun` binary next to this one or $VMRUN_BIN; guest artifacts from
 //! VMRUN_ARTIFACTS; runc at /usr/sbin/runc)
 
 use std::process::{Command, Stdio};
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vmrun_tests::cli::{busybox_image, text, CliEnv};
-use vmrun_tests::host_bin;
 
 const IMAGE: &str = "docker.io/library/vmrunbox:local";
 
@@ -51,6 +50,22 @@ impl Podman<'_> {
     }
 }
 
+/// `$VMRUN_BIN`, else the `vmrun` next to this binary.
+fn vmrun_bin() -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("VMRUN_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("vmrun");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build the workspace's binaries first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 fn setup(env: &CliEnv) -> Result<Podman<'_>> {
     let d = env.dir();
     let wrapper = d.join("vmrun-wrapper");
@@ -59,7 +74,7 @@ fn setup(env: &CliEnv) -> Result<Podman<'_>> {
         format!(
             "#!/bin/sh\nexport VMRUN_CONFIG={}\nexec {} --root {} \"$@\"\n",
             d.join("config.toml").display(),
-            host_bin("vmrun").display(),
+            vmrun_bin()?.display(),
             env.root().display()
         ),
     )?;
