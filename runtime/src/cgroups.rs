@@ -404,6 +404,12 @@ impl HostCgroup {
                 }
             }
             for dir in d.created.iter().rev() {
+                if has_child_cgroups(dir) {
+                    // A parent vmrun created that another container now uses too (two
+                    // containers under `/default`): it stays, the last one removes it.
+                    log::debug!("cgroup {} still has children; kept", dir.display());
+                    continue;
+                }
                 let deadline = Instant::now() + REMOVE_WAIT;
                 loop {
                     match std::fs::remove_dir(dir) {
@@ -432,6 +438,17 @@ impl HostCgroup {
             .find(|d| d.hierarchy.split(',').any(|c| c == hierarchy) || d.hierarchy == hierarchy)
             .map(|d| d.path.as_path())
     }
+}
+
+/// Whether a cgroup directory has child cgroups (subdirectories).
+fn has_child_cgroups(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        })
+        .unwrap_or(false)
 }
 
 /// runc's conversion of v1 CPU shares (2..262144) to a v2 weight (1..10000).

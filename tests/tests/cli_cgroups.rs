@@ -402,13 +402,8 @@ fn host_cgroup_update_events_and_cleanup() {
     for dir in [
         memory_dir(&own_mem.join(&top)),
         cpu_dir_of_top(&top),
-        Path::new("/sys/fs/cgroup/unified").join(
-            own_uni
-                .join(&top)
-                .strip_prefix("/")
-                .expect("absolute")
-                .to_path_buf(),
-        ),
+        Path::new("/sys/fs/cgroup/unified")
+            .join(own_uni.join(&top).strip_prefix("/").expect("absolute")),
     ] {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
