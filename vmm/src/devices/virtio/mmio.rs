@@ -282,6 +282,7 @@ impl MmioTransport {
             QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             INTERRUPT_STATUS => self.interrupt.status(),
+            STATUS if self.interrupt.needs_reset() => self.status | STATUS_DEVICE_NEEDS_RESET,
             STATUS => self.status,
             SHM_LEN_LOW | SHM_LEN_HIGH | SHM_BASE_LOW | SHM_BASE_HIGH => u32::MAX,
             CONFIG_GENERATION => self.config_generation,
