@@ -5,7 +5,8 @@
 //! host temporary directory: the guest kit's `fs` program speaks FUSE over the request queue
 //! (INIT, LOOKUP, GETATTR, OPEN, READ, CREATE, WRITE, FSYNC, READDIR, RELEASE), checksums are
 //! compared on both sides, and then virtiofsd is killed mid-run: the device must report
-//! DEVICE_NEEDS_RESET to the guest and the VMM must keep running to a clean exit.
+//! DEVICE_NEEDS_RESET to the guest and the VMM must keep running to a clean exit. The VMM runs
+//! as uid/gid 65534 (`--user`) once its connection to virtiofsd is open.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -80,6 +81,8 @@ fn fs_vm(sock: &std::path::Path, api_sock: &std::path::Path, extra: &str) -> Vm 
         &format!("{},tag=kitfs", sock.display()),
         "--api-sock",
         api_sock.to_str().expect("utf-8"),
+        "--user",
+        "65534:65534",
         "--cmdline",
         &format!(
             "kit.fs_tag=kitfs kit.fs_size={SIZE} kit.fs_seed={SEED} kit.fs_wsize={WSIZE} \

@@ -6,7 +6,8 @@
 //! VMM (`--net fd=N,mac=...`, so the VMM needs no network privileges), and the namespace's own
 //! kernel stack as the peer at 10.213.7.1/24. The guest kit's `net` program (10.213.7.2) ARPs
 //! for the peer, pings it, and then answers this test's pings, sent from a raw ICMP socket that
-//! lives in the namespace. The namespace (and with it the tap) is removed at the end.
+//! lives in the namespace. The VMM runs as uid/gid 65534 (`--user`). The namespace (and with it
+//! the tap) is removed at the end.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -195,6 +196,8 @@ fn vmm_net_arp_and_icmp_over_a_tap_fd() {
         "128",
         "--net",
         &format!("fd={fd},mac={MAC}"),
+        "--user",
+        "65534:65534",
         "--cmdline",
         &format!("kit.net_ip=10.213.7.2 kit.net_peer=10.213.7.1 kit.net_mac={MAC} kit.net_pings=3"),
     ]);
@@ -212,6 +215,14 @@ fn vmm_net_arp_and_icmp_over_a_tap_fd() {
     // The VMM holds its own copy now.
     drop(tap);
     let ready = vm.wait_line("INFO net ready-for-ping", Duration::from_secs(60));
+    // The VMM runs the whole device as nobody: it only needs the fd it was given.
+    let uid = std::fs::read_to_string(format!("/proc/{}/status", vm.pid()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        });
     let mut rtts = Vec::new();
     let mut ping_err = None;
     if ready.is_some() {
@@ -237,6 +248,12 @@ fn vmm_net_arp_and_icmp_over_a_tap_fd() {
         out.dump()
     );
     println!("host -> guest ping RTTs: {rtts:?}");
+    assert_eq!(
+        uid.as_deref(),
+        Some("65534 65534 65534 65534"),
+        "VMM uid\n{}",
+        out.dump()
+    );
     out.assert_all_passed(&["net.config", "net.arp", "net.icmp", "net.pong"]);
     assert!(
         out.info("net answered pings=3").len() == 1,

@@ -355,6 +355,14 @@ impl Vmm {
         &self.metrics
     }
 
+    /// Adds a subscriber to the event loop before [`Vmm::run`]. Its `process` runs on the
+    /// event-loop thread under that thread's seccomp filter (embedders add back-ends this way;
+    /// the seccomp test uses it to make a forbidden call from a confined thread). The
+    /// `vmrun-vmm` binary adds none: nothing a guest does can reach this.
+    pub fn add_subscriber(&mut self, s: Subscriber) {
+        self.event_manager.add_subscriber(s);
+    }
+
     /// Runs the VM until it stops; returns why. Can be called once; the VM's resources are
     /// released when the `Vmm` is dropped (the binary just exits; the kernel reclaims them).
     pub fn run(&mut self) -> Result<StopReason, BuildError> {
