@@ -668,7 +668,8 @@ mod random_tests {
             0x0, 0x10, 0x14, 0x20, 0x24, 0x30, 0x34, 0x38, 0x44, 0x50, 0x60, 0x64, 0x70, 0x80,
             0x84, 0x90, 0x94, 0xa0, 0xa4, 0xac, 0xfc, 0x100, 0x104, 0xffc,
         ];
-        for _ in 0..200_000 {
+        let iters = crate::devices::virtio::queue_util::fixture::Fuzz::iters(200_000);
+        for _ in 0..iters {
             let x = r.next();
             let off = offsets[(x % offsets.len() as u64) as usize];
             let v = match (x >> 8) % 4 {
