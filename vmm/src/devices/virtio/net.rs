@@ -497,22 +497,26 @@ mod fuzz_tests {
         let mut f = Fuzz::new(0x4e7);
         let (mut prx, mut ptx) = (0u16, 0u16);
         let mut frame = vec![0u8; 2048];
+        let mut uc_ptx = UsedCheck::default();
+        let mut uc_prx = UsedCheck::default();
         let iters = Fuzz::iters(20_000);
         for _ in 0..iters {
             if f.below(2) == 0 {
                 random_chain(&mem, &qtx, &mut f, &mut ptx);
+                uc_ptx.published_one();
                 dev.process_tx();
-                check_used(dev.active.as_ref().unwrap().queues[TXQ].next_used(), ptx);
+                uc_ptx.check(dev.active.as_ref().unwrap().queues[TXQ].next_used());
                 while let Ok(n) = peer.recv(&mut frame) {
                     assert!(n <= MAX_FRAME);
                 }
             } else {
                 random_chain(&mem, &qrx, &mut f, &mut prx);
+                uc_prx.published_one();
                 let n = usize::try_from(f.below(1600)).unwrap_or(0);
                 let _ = peer.send(&frame[..n]);
                 dev.tap_readable = true;
                 dev.process_rx();
-                check_used(dev.active.as_ref().unwrap().queues[RXQ].next_used(), prx);
+                uc_prx.check(dev.active.as_ref().unwrap().queues[RXQ].next_used());
             }
         }
         eprintln!("fuzz_net_random_chains_and_frames: {iters} chains");

@@ -269,12 +269,14 @@ mod fuzz_tests {
         .unwrap();
         let mut f = Fuzz::new(0x4e6);
         let mut published = 0u16;
+        let mut uc_published = UsedCheck::default();
         let iters = Fuzz::iters(20_000);
         for _ in 0..iters {
             random_chain(&mem, &q, &mut f, &mut published);
+            uc_published.published_one();
             if f.below(3) == 0 {
                 dev.process_queue();
-                check_used(dev.active.as_ref().unwrap().queue.next_used(), published);
+                uc_published.check(dev.active.as_ref().unwrap().queue.next_used());
             }
         }
         eprintln!("fuzz_rng_random_chains: {iters} chains");

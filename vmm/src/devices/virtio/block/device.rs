@@ -455,16 +455,18 @@ mod fuzz_tests {
         .unwrap();
         let mut f = Fuzz::new(0xb10c);
         let mut published = 0u16;
+        let mut uc_published = UsedCheck::default();
         let iters = Fuzz::iters(20_000);
         for _ in 0..iters {
             random_chain(&mem, &q, &mut f, &mut published);
+            uc_published.published_one();
             if f.below(3) == 0 {
                 dev.process_queue();
-                check_used(dev.active.as_ref().unwrap().queue.next_used(), published);
+                uc_published.check(dev.active.as_ref().unwrap().queue.next_used());
             }
         }
         dev.process_queue();
-        check_used(dev.active.as_ref().unwrap().queue.next_used(), published);
+        uc_published.check(dev.active.as_ref().unwrap().queue.next_used());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 10);
         eprintln!("fuzz_block_random_chains: {iters} chains");
         std::fs::remove_file(path).unwrap();

@@ -389,16 +389,20 @@ mod fuzz_tests {
         .unwrap();
         let mut f = Fuzz::new(0x50c4);
         let (mut prx, mut ptx) = (0u16, 0u16);
+        let mut uc_ptx = UsedCheck::default();
+        let mut uc_prx = UsedCheck::default();
         let iters = Fuzz::iters(20_000);
         for _ in 0..iters {
             if f.below(2) == 0 {
                 random_chain(&mem, &qtx, &mut f, &mut ptx);
+                uc_ptx.published_one();
                 dev.process_tx();
-                check_used(dev.active.as_ref().unwrap().queues[1].next_used(), ptx);
+                uc_ptx.check(dev.active.as_ref().unwrap().queues[1].next_used());
             } else {
                 random_chain(&mem, &qrx, &mut f, &mut prx);
+                uc_prx.published_one();
                 dev.process_rx();
-                check_used(dev.active.as_ref().unwrap().queues[0].next_used(), prx);
+                uc_prx.check(dev.active.as_ref().unwrap().queues[0].next_used());
             }
         }
         eprintln!("fuzz_vsock_random_chains: {iters} chains");
