@@ -107,6 +107,7 @@ fn vmm_fs_fuse_ops_and_backend_disconnect() {
 
     let kill_line = vm.wait_line("INFO fs kill-backend", Duration::from_secs(60));
     let metrics_before = api(&api_sock, "metrics").ok();
+    let snapshot = api(&api_sock, "snapshot").ok();
     // Kill virtiofsd while the device is active.
     drop(daemon.take());
     let out = vm.wait(Duration::from_secs(60));
@@ -154,6 +155,34 @@ fn vmm_fs_fuse_ops_and_backend_disconnect() {
     assert!(
         fs["interrupts"].as_u64().unwrap_or(0) > 0 && fs["activations"].as_u64() == Some(1),
         "fs metrics before the kill: {m}"
+    );
+    // The device state while the guest waited: active, both queues as the guest set them up.
+    let snap = snapshot.expect("snapshot over the API");
+    let dev = &snap["devices"][0];
+    assert_eq!(dev["device_type"], 26, "{snap}");
+    assert_eq!(dev["status"], 0xf, "{snap}");
+    assert_eq!(dev["activated"], true, "{snap}");
+    assert_ne!(
+        dev["acked_features"].as_u64().unwrap_or(0) & (1 << 32),
+        0,
+        "{snap}"
+    );
+    assert!(
+        dev["config"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("6b69746673"),
+        "{snap}"
+    );
+    let q = &dev["queues"];
+    assert_eq!(
+        (q[0]["size"].as_u64(), q[1]["size"].as_u64()),
+        (Some(8), Some(16)),
+        "{snap}"
+    );
+    assert!(
+        q[1]["ready"] == true && q[1]["desc_table"].as_u64().unwrap_or(0) != 0,
+        "{snap}"
     );
     assert!(
         out.stderr.contains("back-end disconnected"),

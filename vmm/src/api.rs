@@ -21,6 +21,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::devices::virtio::DeviceRegistry;
 use crate::metrics::VmmMetrics;
 use crate::vstate::{StopReason, VmControl};
 
@@ -36,6 +37,8 @@ pub enum ApiRequest {
     Stop,
     /// Report counters.
     Metrics,
+    /// The device state of every virtio device (see docs/vmm.md).
+    Snapshot,
 }
 
 /// The API server (an event-loop subscriber).
@@ -44,6 +47,7 @@ pub struct ApiServer {
     listener: UnixListener,
     control: Arc<VmControl>,
     metrics: Arc<VmmMetrics>,
+    devices: Arc<DeviceRegistry>,
 }
 
 impl ApiServer {
@@ -52,6 +56,7 @@ impl ApiServer {
         path: &Path,
         control: Arc<VmControl>,
         metrics: Arc<VmmMetrics>,
+        devices: Arc<DeviceRegistry>,
     ) -> std::io::Result<Self> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
@@ -65,6 +70,7 @@ impl ApiServer {
             listener,
             control,
             metrics,
+            devices,
         })
     }
 
@@ -78,6 +84,7 @@ impl ApiServer {
                 Ok(json!({}))
             }
             ApiRequest::Metrics => Ok(json!({ "metrics": self.metrics.to_json() })),
+            ApiRequest::Snapshot => Ok(json!({ "devices": self.devices.snapshot() })),
         };
         match result {
             Ok(mut v) => {
@@ -159,7 +166,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vmrun-api-{}", std::process::id()));
         let control = Arc::new(VmControl::new(1).unwrap());
         let metrics = Arc::new(VmmMetrics::default());
-        let srv = ApiServer::bind(&dir, control.clone(), metrics).unwrap();
+        let srv = ApiServer::bind(&dir, control.clone(), metrics, Arc::default()).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let client = std::thread::spawn({

@@ -205,6 +205,35 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError>;
     /// Stops the device and drops its queues (driver wrote 0 to Status).
     fn reset(&mut self);
+    /// While active: each queue's `(next_avail, next_used)` as the device holds them (for the
+    /// device-state snapshot). `None` when inactive or when a back-end owns the rings.
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        None
+    }
+}
+
+/// Every virtio-mmio device of the VM, for the API's `snapshot` command.
+#[derive(Debug, Default)]
+pub struct DeviceRegistry {
+    devices: Mutex<Vec<(u64, u32, Arc<Mutex<mmio::MmioTransport>>)>>,
+}
+
+impl DeviceRegistry {
+    /// Records the transport at `base` with interrupt `gsi`.
+    pub fn register(&self, base: u64, gsi: u32, t: Arc<Mutex<mmio::MmioTransport>>) {
+        crate::devices::bus::lock(&self.devices).push((base, gsi, t));
+    }
+
+    /// The state of every device, in MMIO order (see docs/vmm.md, "API").
+    pub fn snapshot(&self) -> serde_json::Value {
+        let devices = crate::devices::bus::lock(&self.devices);
+        serde_json::Value::Array(
+            devices
+                .iter()
+                .map(|(base, gsi, t)| crate::devices::bus::lock(t).snapshot(*base, *gsi))
+                .collect(),
+        )
+    }
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling past the end.
@@ -322,9 +351,13 @@ fn attach(
                 .register_ioevent(evt, base + QUEUE_NOTIFY_OFFSET, q)?;
         }
     }
-    let transport = mmio::MmioTransport::new(dev, ctx.mem.clone(), Interrupt::new(irq));
-    ctx.mmio
-        .insert(Arc::new(Mutex::new(transport)), base, MMIO_SIZE)?;
+    let transport = Arc::new(Mutex::new(mmio::MmioTransport::new(
+        dev,
+        ctx.mem.clone(),
+        Interrupt::new(irq),
+    )));
+    ctx.devices.register(base, gsi, transport.clone());
+    ctx.mmio.insert(transport, base, MMIO_SIZE)?;
     ctx.subscribers.push(sub);
     ctx.cmdline_extra
         .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));

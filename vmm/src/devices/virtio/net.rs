@@ -307,6 +307,14 @@ impl VirtioDevice for Net {
         let _ = self.evts[TXQ].write(1);
         Ok(())
     }
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        self.active.as_ref().map(|a| {
+            a.queues
+                .iter()
+                .map(|q| (q.next_avail(), q.next_used()))
+                .collect()
+        })
+    }
     fn reset(&mut self) {
         self.active = None;
     }

@@ -210,6 +210,11 @@ impl VirtioDevice for Block {
         let _ = self.evts[0].write(1);
         Ok(())
     }
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        self.active
+            .as_ref()
+            .map(|a| vec![(a.queue.next_avail(), a.queue.next_used())])
+    }
     fn reset(&mut self) {
         self.active = None;
     }
