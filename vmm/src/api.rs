@@ -63,7 +63,14 @@ impl ApiServer {
                 std::fs::remove_file(path)?;
             }
         }
-        let listener = UnixListener::bind(path)?;
+        // Create the socket file with mode 0600 already (the build is single-threaded, so the
+        // process-wide umask is safe to change here): a client must never see a wider mode.
+        // SAFETY: umask only swaps the process's file-mode mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above; restores the previous mask.
+        unsafe { libc::umask(old) };
+        let listener = bound?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         Ok(Self {
