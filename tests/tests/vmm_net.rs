@@ -9,6 +9,9 @@
 //! lives in the namespace. The VMM runs as uid/gid 65534 (`--user`). The namespace (and with it
 //! the tap) is removed at the end.
 
+// Packet and ioctl structures: the narrowing casts are of constants and checked lengths.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;

@@ -212,10 +212,13 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// A registered device: MMIO base, GSI and its transport.
+type RegisteredDevice = (u64, u32, Arc<Mutex<mmio::MmioTransport>>);
+
 /// Every virtio-mmio device of the VM, for the API's `snapshot` command.
 #[derive(Debug, Default)]
 pub struct DeviceRegistry {
-    devices: Mutex<Vec<(u64, u32, Arc<Mutex<mmio::MmioTransport>>)>>,
+    devices: Mutex<Vec<RegisteredDevice>>,
 }
 
 impl DeviceRegistry {

@@ -103,7 +103,7 @@ pub mod fixture {
         }
 
         /// The next 64 random bits.
-        pub fn next(&mut self) -> u64 {
+        pub fn next_u64(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
@@ -112,7 +112,7 @@ pub mod fixture {
 
         /// A value below `n`.
         pub fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
+            self.next_u64() % n.max(1)
         }
 
         /// The iteration count: `VMRUN_FUZZ_ITERS` or `default`.
@@ -128,17 +128,17 @@ pub mod fixture {
         pub fn addr(&mut self) -> u64 {
             match self.below(8) {
                 0 => (16 << 20) - self.below(64),
-                1 => self.next(),
+                1 => self.next_u64(),
                 2 => self.below(0x1_0000),
                 _ => (1 << 20) + self.below(1 << 20),
             }
         }
 
         /// A descriptor length: mostly small, sometimes huge or zero.
-        pub fn len(&mut self) -> u32 {
+        pub fn length(&mut self) -> u32 {
             match self.below(8) {
                 0 => 0,
-                1 => u32::try_from(self.next() >> 32).unwrap_or(u32::MAX),
+                1 => u32::try_from(self.next_u64() >> 32).unwrap_or(u32::MAX),
                 2 => u32::try_from(self.below(1 << 17)).unwrap_or(0),
                 _ => u32::try_from(self.below(600)).unwrap_or(0),
             }
@@ -164,7 +164,7 @@ pub mod fixture {
             } else {
                 (idx + 1) % 16
             };
-            let d = SplitDescriptor::new(f.addr(), f.len(), flags, next);
+            let d = SplitDescriptor::new(f.addr(), f.length(), flags, next);
             let at = q.desc_table() + u64::from(idx) * 16;
             mem.write_obj(RawDescriptor::from(d), GuestAddress(at))
                 .unwrap();
@@ -181,7 +181,7 @@ pub mod fixture {
             .unwrap();
         for _ in 0..8 {
             let a = (1 << 20) + f.below((1 << 20) - 8);
-            mem.write_obj(f.next(), GuestAddress(a)).unwrap();
+            mem.write_obj(f.next_u64(), GuestAddress(a)).unwrap();
         }
         // Sometimes a header with a plausible type at the start of the data area.
         if f.below(4) == 0 {

@@ -164,7 +164,7 @@ mod fuzz_tests {
         for _ in 0..iters {
             let mut b = [0u8; HDR_SIZE];
             for chunk in b.chunks_mut(8) {
-                let r = f.next().to_le_bytes();
+                let r = f.next_u64().to_le_bytes();
                 chunk.copy_from_slice(&r[..chunk.len()]);
             }
             assert_eq!(PacketHeader::parse(&b).to_bytes(), b);
@@ -181,7 +181,7 @@ mod fuzz_tests {
                     "{s:?} -> {port}"
                 );
             }
-            let port = u32::try_from(f.next() >> 32).unwrap_or(0);
+            let port = u32::try_from(f.next_u64() >> 32).unwrap_or(0);
             assert_eq!(
                 parse_connect(format!("CONNECT {port}").as_bytes()),
                 Some(port)
