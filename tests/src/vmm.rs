@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// A guest test program by name: `boot`, `mmio`, `blk`, `rng`, `vsock`, `bench`, `tiny-pvh`,
+/// A guest test program by name: `boot`, `mmio`, `blk`, `rng`, `vsock`, `fs`, `net`, `bench`, `tiny-pvh`,
 /// `tiny-64` (paths exported by tests/build.rs).
 pub fn guest_elf(name: &str) -> PathBuf {
     let path = match name {
@@ -28,6 +28,8 @@ pub fn guest_elf(name: &str) -> PathBuf {
         "blk" => env!("GUEST_ELF_BLK"),
         "rng" => env!("GUEST_ELF_RNG"),
         "vsock" => env!("GUEST_ELF_VSOCK"),
+        "fs" => env!("GUEST_ELF_FS"),
+        "net" => env!("GUEST_ELF_NET"),
         "bench" => env!("GUEST_ELF_BENCH"),
         "tiny-pvh" => env!("GUEST_ELF_TINY_PVH"),
         "tiny-64" => env!("GUEST_ELF_TINY_64"),

@@ -21,6 +21,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::devices::virtio::DeviceRegistry;
 use crate::metrics::VmmMetrics;
 use crate::vstate::{StopReason, VmControl};
 
@@ -36,6 +37,8 @@ pub enum ApiRequest {
     Stop,
     /// Report counters.
     Metrics,
+    /// The device state of every virtio device (see docs/vmm.md).
+    Snapshot,
 }
 
 /// The API server (an event-loop subscriber).
@@ -44,6 +47,7 @@ pub struct ApiServer {
     listener: UnixListener,
     control: Arc<VmControl>,
     metrics: Arc<VmmMetrics>,
+    devices: Arc<DeviceRegistry>,
 }
 
 impl ApiServer {
@@ -52,19 +56,28 @@ impl ApiServer {
         path: &Path,
         control: Arc<VmControl>,
         metrics: Arc<VmmMetrics>,
+        devices: Arc<DeviceRegistry>,
     ) -> std::io::Result<Self> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
                 std::fs::remove_file(path)?;
             }
         }
-        let listener = UnixListener::bind(path)?;
+        // Create the socket file with mode 0600 already (the build is single-threaded, so the
+        // process-wide umask is safe to change here): a client must never see a wider mode.
+        // SAFETY: umask only swaps the process's file-mode mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above; restores the previous mask.
+        unsafe { libc::umask(old) };
+        let listener = bound?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         Ok(Self {
             listener,
             control,
             metrics,
+            devices,
         })
     }
 
@@ -78,6 +91,7 @@ impl ApiServer {
                 Ok(json!({}))
             }
             ApiRequest::Metrics => Ok(json!({ "metrics": self.metrics.to_json() })),
+            ApiRequest::Snapshot => Ok(json!({ "devices": self.devices.snapshot() })),
         };
         match result {
             Ok(mut v) => {
@@ -159,7 +173,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vmrun-api-{}", std::process::id()));
         let control = Arc::new(VmControl::new(1).unwrap());
         let metrics = Arc::new(VmmMetrics::default());
-        let srv = ApiServer::bind(&dir, control.clone(), metrics).unwrap();
+        let srv = ApiServer::bind(&dir, control.clone(), metrics, Arc::default()).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let client = std::thread::spawn({

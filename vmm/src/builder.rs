@@ -182,6 +182,8 @@ pub struct BuildContext<'a> {
     pub metrics: &'a Arc<VmmMetrics>,
     /// Test-payload mode: interrupts are not routed to the VM.
     pub test_payload: bool,
+    /// The virtio devices, for the API's `snapshot`.
+    pub devices: &'a Arc<crate::devices::virtio::DeviceRegistry>,
 }
 
 impl std::fmt::Debug for BuildContext<'_> {
@@ -270,6 +272,7 @@ pub fn build_vm(cfg: &VmConfig) -> Result<Vmm, BuildError> {
     // virtio-mmio devices.
     let mut mmio = Bus::new();
     let mut cmdline_extra = Vec::new();
+    let devices = Arc::new(crate::devices::virtio::DeviceRegistry::default());
     {
         let mut ctx = BuildContext {
             vm: &vm,
@@ -279,17 +282,18 @@ pub fn build_vm(cfg: &VmConfig) -> Result<Vmm, BuildError> {
             cmdline_extra: &mut cmdline_extra,
             metrics: &metrics,
             test_payload: cfg.test_payload,
+            devices: &devices,
         };
         crate::devices::virtio::add_devices(cfg, &mut ctx, &mut cleanup_paths)?;
     }
 
     if let Some(path) = &cfg.api_sock {
-        let api = crate::api::ApiServer::bind(path, control.clone(), metrics.clone()).map_err(
-            |source| BuildError::Device {
-                name: format!("API socket {}", path.display()),
-                source,
-            },
-        )?;
+        let api =
+            crate::api::ApiServer::bind(path, control.clone(), metrics.clone(), devices.clone())
+                .map_err(|source| BuildError::Device {
+                    name: format!("API socket {}", path.display()),
+                    source,
+                })?;
         cleanup_paths.push(path.clone());
         subscribers.push(Arc::new(Mutex::new(api)));
     }
@@ -353,6 +357,14 @@ impl Vmm {
     /// The VMM's counters.
     pub fn metrics(&self) -> &Arc<VmmMetrics> {
         &self.metrics
+    }
+
+    /// Adds a subscriber to the event loop before [`Vmm::run`]. Its `process` runs on the
+    /// event-loop thread under that thread's seccomp filter (embedders add back-ends this way;
+    /// the seccomp test uses it to make a forbidden call from a confined thread). The
+    /// `vmrun-vmm` binary adds none: nothing a guest does can reach this.
+    pub fn add_subscriber(&mut self, s: Subscriber) {
+        self.event_manager.add_subscriber(s);
     }
 
     /// Runs the VM until it stops; returns why. Can be called once; the VM's resources are

@@ -263,6 +263,33 @@ impl FromStr for NetConfig {
     }
 }
 
+/// The unprivileged user the VMM switches to once the VM is built (`--user UID:GID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+impl FromStr for UserSpec {
+    type Err = ConfigError;
+
+    /// Parses `UID:GID` (numbers only: no name lookup happens in the VMM).
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let err = || ConfigError::Invalid {
+            field: "user",
+            reason: format!("{spec:?} is not UID:GID (two numbers)"),
+        };
+        let (u, g) = spec.split_once(':').ok_or_else(err)?;
+        Ok(Self {
+            uid: u.parse().map_err(|_| err())?,
+            gid: g.parse().map_err(|_| err())?,
+        })
+    }
+}
+
 /// Everything needed to build one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +338,9 @@ pub struct VmConfig {
     /// Confine the VMM's threads with seccomp filters once the VM is built (JSON only).
     #[serde(default = "default_seccomp")]
     pub seccomp: bool,
+    /// Switch to this user and group once `/dev/kvm`, the taps, files and sockets are open.
+    #[serde(default)]
+    pub user: Option<UserSpec>,
 }
 
 fn default_seccomp() -> bool {
@@ -349,6 +379,7 @@ impl VmConfig {
             api_sock: None,
             test_payload: false,
             seccomp: default_seccomp(),
+            user: None,
         }
     }
 

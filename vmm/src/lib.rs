@@ -17,6 +17,7 @@ pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod exit_code;
+pub mod hardening;
 pub mod logger;
 pub mod memory;
 pub mod metrics;

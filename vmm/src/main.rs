@@ -10,9 +10,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vmrun_vmm::config::{
-    BlockConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    BlockConfig, FsConfig, NetConfig, SerialOutput, UserSpec, VmConfig, VsockConfig,
+    DEFAULT_GUEST_CID,
 };
 use vmrun_vmm::exit_code;
+use vmrun_vmm::hardening;
 
 /// Command line; `--config` excludes every VM option.
 #[derive(Debug, Parser)]
@@ -23,7 +25,7 @@ use vmrun_vmm::exit_code;
 )]
 struct Cli {
     /// Read the whole VM configuration from a JSON file.
-    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "serial", "vsock_uds", "vsock_cid", "block", "rng", "fs", "net", "api_sock", "test_payload"])]
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "serial", "vsock_uds", "vsock_cid", "block", "rng", "fs", "net", "api_sock", "test_payload", "user"])]
     config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -67,6 +69,9 @@ struct Cli {
     /// Enter the kernel's 64-bit entry at CPL 3 (test payloads; see docs/vmm.md).
     #[arg(long = "test-payload")]
     test_payload: bool,
+    /// Switch to this user and group once the VM is built (numeric UID:GID).
+    #[arg(long, value_name = "UID:GID")]
+    user: Option<UserSpec>,
 }
 
 impl Cli {
@@ -101,6 +106,7 @@ impl Cli {
         cfg.net = self.net;
         cfg.api_sock = self.api_sock;
         cfg.test_payload = self.test_payload;
+        cfg.user = self.user;
         Ok(cfg)
     }
 }
@@ -137,6 +143,12 @@ fn main() -> ExitCode {
             return status(exit_code::START_FAILED);
         }
     };
+    // Nothing inherited stays open except stdio and the tap fds the configuration names.
+    let keep: Vec<i32> = cfg.net.iter().filter_map(|n| n.fd).collect();
+    if let Err(e) = hardening::close_inherited_fds(&keep) {
+        eprintln!("vmrun-vmm: {}", one_line(&e));
+        return status(exit_code::START_FAILED);
+    }
     let mut vmm = match vmrun_vmm::builder::build_vm(&cfg) {
         Ok(v) => v,
         Err(e) => {
@@ -144,6 +156,12 @@ fn main() -> ExitCode {
             return status(exit_code::START_FAILED);
         }
     };
+    let hardened = hardening::limit_open_files()
+        .and_then(|()| cfg.user.map_or(Ok(()), hardening::drop_privileges));
+    if let Err(e) = hardened {
+        eprintln!("vmrun-vmm: {}", one_line(&e));
+        return status(exit_code::START_FAILED);
+    }
     let code = match vmm.run() {
         Ok(reason) => {
             if let Some(msg) = reason.message() {

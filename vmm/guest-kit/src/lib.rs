@@ -12,7 +12,8 @@
 //! panic handling ([`exit`]), the C memory functions ([`mem`]), a bump heap ([`heap`]), an
 //! identity-mapped `Hal` for `virtio-drivers` ([`hal`]), boot_params/e820/command-line readers
 //! ([`boot`], [`cmdline`]), the MP table parser ([`mptable`]), raw virtio-mmio registers and a
-//! minimal split virtqueue for protocol and hostile-input tests ([`mmio`], [`rawq`]), and the
+//! minimal split virtqueue for protocol and hostile-input tests ([`mmio`], [`rawq`]), a FUSE
+//! client for virtio-fs ([`fuse`]), and the
 //! PASS/FAIL bookkeeping ([`report`]).
 
 #![no_std]
@@ -24,6 +25,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod entry;
 pub mod exit;
+pub mod fuse;
 pub mod hal;
 pub mod heap;
 pub mod mem;

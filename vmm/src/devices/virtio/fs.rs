@@ -9,7 +9,13 @@
 //!
 //! Config space (virtio 1.2 §5.11.4): `tag[36]`, `num_request_queues` (1). Queues: hiprio + 1
 //! request queue.
+//!
+//! Back-end disconnect: the event loop watches the vhost-user socket for a hang-up. When the
+//! back-end goes away the device sets DEVICE_NEEDS_RESET and raises a configuration-change
+//! interrupt (virtio 1.2 §2.1.2); later activations fail (the driver sees NEEDS_RESET again)
+//! and the VM keeps running. Reconnecting to a restarted back-end is not implemented.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,6 +40,8 @@ pub const QUEUE_SIZE: u16 = 1024;
 pub const TAG_LEN: usize = 36;
 /// First event-loop token of the call eventfds.
 const CALL_TOKEN_BASE: u32 = 100;
+/// Event-loop token of the vhost-user socket (hang-up detection).
+const SOCKET_TOKEN: u32 = 200;
 
 /// Errors connecting to or driving the back-end.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +79,8 @@ pub struct FsMetrics {
     pub activations: Counter,
     /// Back-end failures during activation.
     pub backend_errors: Counter,
+    /// The back-end closed its socket.
+    pub backend_disconnects: Counter,
 }
 
 impl MetricsSource for FsMetrics {
@@ -79,6 +89,7 @@ impl MetricsSource for FsMetrics {
             "interrupts": self.interrupts.get(),
             "activations": self.activations.get(),
             "backend_errors": self.backend_errors.get(),
+            "backend_disconnects": self.backend_disconnects.get(),
         })
     }
 }
@@ -93,6 +104,7 @@ pub struct Fs {
     call_evts: Vec<EventFd>,
     interrupt: Option<Interrupt>,
     enabled: Vec<usize>,
+    backend_gone: bool,
     metrics: Arc<FsMetrics>,
 }
 
@@ -143,6 +155,7 @@ impl Fs {
             call_evts,
             interrupt: None,
             enabled: Vec::new(),
+            backend_gone: false,
             metrics: Arc::new(FsMetrics::default()),
         })
     }
@@ -242,6 +255,12 @@ impl VirtioDevice for Fs {
     }
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError> {
         self.metrics.activations.inc();
+        if self.backend_gone {
+            self.metrics.backend_errors.inc();
+            return Err(ActivateError::Backend(
+                "the vhost-user back-end has disconnected".into(),
+            ));
+        }
         if let Err(e) = self.start_backend(&state.mem, &state.queues, state.acked_features) {
             self.metrics.backend_errors.inc();
             log::error!("virtio-fs: {e}");
@@ -252,7 +271,11 @@ impl VirtioDevice for Fs {
     }
     fn reset(&mut self) {
         self.interrupt = None;
-        for i in std::mem::take(&mut self.enabled) {
+        let enabled = std::mem::take(&mut self.enabled);
+        if self.backend_gone {
+            return;
+        }
+        for i in enabled {
             if self.protocol {
                 let _ = self.frontend.set_vring_enable(i, false);
             }
@@ -262,8 +285,32 @@ impl VirtioDevice for Fs {
     }
 }
 
+impl Fs {
+    /// The back-end hung up: stop talking to it and tell the driver.
+    fn backend_disconnected(&mut self, events: Events, ops: &mut EventOps) {
+        if let Err(e) = ops.remove(events) {
+            log::error!("virtio-fs: cannot stop watching the back-end socket: {e}");
+        }
+        if self.backend_gone {
+            return;
+        }
+        self.backend_gone = true;
+        self.metrics.backend_disconnects.inc();
+        log::error!("virtio-fs: the vhost-user back-end disconnected; the device needs a reset");
+        if let Some(irq) = &self.interrupt {
+            irq.signal_needs_reset();
+        }
+    }
+}
+
 impl MutEventSubscriber for Fs {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == SOCKET_TOKEN {
+            // Only hang-ups are watched: replies to our requests (read synchronously, possibly
+            // on a vCPU thread during activation) must not look like a disconnect.
+            self.backend_disconnected(events, ops);
+            return;
+        }
         let i = events.data().wrapping_sub(CALL_TOKEN_BASE) as usize;
         if let Some(evt) = self.call_evts.get(i) {
             let _ = evt.read();
@@ -280,6 +327,14 @@ impl MutEventSubscriber for Fs {
             if let Err(e) = ops.add(Events::with_data(evt, token, EventSet::IN)) {
                 log::error!("virtio-fs: cannot watch call event {i}: {e}");
             }
+        }
+        let watch = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
+        if let Err(e) = ops.add(Events::with_data_raw(
+            self.frontend.as_raw_fd(),
+            SOCKET_TOKEN,
+            watch,
+        )) {
+            log::error!("virtio-fs: cannot watch the back-end socket: {e}");
         }
     }
 }

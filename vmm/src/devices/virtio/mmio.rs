@@ -165,6 +165,65 @@ impl MmioTransport {
         self.acked_features
     }
 
+    /// The device state as JSON: identity, window, features, status, interrupt status, the
+    /// first 64 bytes of config space, and per queue its layout and (while active) the
+    /// device's ring indices. The base for a later snapshot/restore; nothing here is restored
+    /// yet.
+    pub fn snapshot(&self, base: u64, gsi: u32) -> serde_json::Value {
+        let dev = lock(&self.device);
+        let mut config = [0u8; 64];
+        dev.read_config(0, &mut config);
+        let progress = if self.activated {
+            dev.queue_progress()
+        } else {
+            None
+        };
+        let queues: Vec<serde_json::Value> = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let (avail, used) = progress
+                    .as_ref()
+                    .and_then(|p| p.get(i).copied())
+                    .map_or((None, None), |(a, u)| (Some(a), Some(u)));
+                serde_json::json!({
+                    "index": i,
+                    "max_size": q.max_size(),
+                    "size": q.size(),
+                    "ready": q.ready(),
+                    "desc_table": q.desc_table(),
+                    "avail_ring": q.avail_ring(),
+                    "used_ring": q.used_ring(),
+                    "next_avail": avail,
+                    "next_used": used,
+                })
+            })
+            .collect();
+        let hex: String = config.iter().map(|b| format!("{b:02x}")).collect();
+        serde_json::json!({
+            "device_type": dev.device_type(),
+            "mmio_base": base,
+            "gsi": gsi,
+            "device_features": dev.avail_features(),
+            "acked_features": self.acked_features,
+            "status": self.read_status(),
+            "activated": self.activated,
+            "interrupt_status": self.interrupt.status(),
+            "config_generation": self.config_generation,
+            "config": hex,
+            "queues": queues,
+        })
+    }
+
+    fn read_status(&self) -> u32 {
+        if self.interrupt.needs_reset() {
+            self.status | STATUS_DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         let i = usize::try_from(self.queue_select).ok()?;
         self.queues.get_mut(i)
@@ -282,7 +341,7 @@ impl MmioTransport {
             QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             INTERRUPT_STATUS => self.interrupt.status(),
-            STATUS => self.status,
+            STATUS => self.read_status(),
             SHM_LEN_LOW | SHM_LEN_HIGH | SHM_BASE_LOW | SHM_BASE_HIGH => u32::MAX,
             CONFIG_GENERATION => self.config_generation,
             _ => 0,
@@ -596,6 +655,23 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_reports_negotiated_state() {
+        let (mut t, _d) = setup();
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1000);
+        let s = t.snapshot(0xd000_0000, 5);
+        assert_eq!(s["mmio_base"], 0xd000_0000u64);
+        assert_eq!(s["gsi"], 5);
+        assert_eq!(s["acked_features"], t.acked_features());
+        assert_ne!(t.acked_features() & VIRTIO_F_VERSION_1, 0);
+        assert_eq!(s["activated"], false);
+        assert_eq!(s["queues"][0]["ready"], true);
+        assert_eq!(s["queues"][0]["desc_table"], 0x1000);
+        assert!(s["queues"][0]["next_avail"].is_null());
+        assert_eq!(s["config"].as_str().unwrap().len(), 128);
+    }
+
+    #[test]
     fn invalid_queue_sets_needs_reset_and_failed_sticks() {
         let (mut t, d) = setup();
         negotiate(&mut t);
@@ -667,7 +743,8 @@ mod random_tests {
             0x0, 0x10, 0x14, 0x20, 0x24, 0x30, 0x34, 0x38, 0x44, 0x50, 0x60, 0x64, 0x70, 0x80,
             0x84, 0x90, 0x94, 0xa0, 0xa4, 0xac, 0xfc, 0x100, 0x104, 0xffc,
         ];
-        for _ in 0..200_000 {
+        let iters = crate::devices::virtio::queue_util::fixture::Fuzz::iters(200_000);
+        for _ in 0..iters {
             let x = r.next();
             let off = offsets[(x % offsets.len() as u64) as usize];
             let v = match (x >> 8) % 4 {

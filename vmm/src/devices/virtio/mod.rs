@@ -19,7 +19,7 @@ pub mod rng;
 pub mod vsock;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
@@ -53,10 +53,13 @@ pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
 /// InterruptStatus bit: configuration changed.
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
 
-/// The device → driver interrupt: the MMIO InterruptStatus bits plus the IRQ line.
+/// The device → driver interrupt: the MMIO InterruptStatus bits plus the IRQ line, and the
+/// device's DEVICE_NEEDS_RESET flag (a device whose back-end failed sets it; the transport shows
+/// it in the Status register until the driver resets the device).
 #[derive(Debug, Clone)]
 pub struct Interrupt {
     status: Arc<AtomicU32>,
+    needs_reset: Arc<AtomicBool>,
     irq: IrqLine,
 }
 
@@ -65,6 +68,7 @@ impl Interrupt {
     pub fn new(irq: IrqLine) -> Self {
         Self {
             status: Arc::new(AtomicU32::new(0)),
+            needs_reset: Arc::new(AtomicBool::new(false)),
             irq,
         }
     }
@@ -77,6 +81,18 @@ impl Interrupt {
     /// Sets the config-change bit and raises the IRQ.
     pub fn signal_config_change(&self) {
         self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The device can no longer work (its back-end is gone): sets DEVICE_NEEDS_RESET and
+    /// notifies the driver with a configuration-change interrupt (virtio 1.2 §2.1.2).
+    pub fn signal_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.signal_config_change();
+    }
+
+    /// Whether the device asked to be reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     fn signal(&self, bit: u32) {
@@ -96,9 +112,10 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
-    /// Clears every bit (device reset).
+    /// Clears every bit and the needs-reset flag (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     /// The IRQ line.
@@ -188,6 +205,38 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, state: ActiveState) -> Result<(), ActivateError>;
     /// Stops the device and drops its queues (driver wrote 0 to Status).
     fn reset(&mut self);
+    /// While active: each queue's `(next_avail, next_used)` as the device holds them (for the
+    /// device-state snapshot). `None` when inactive or when a back-end owns the rings.
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        None
+    }
+}
+
+/// A registered device: MMIO base, GSI and its transport.
+type RegisteredDevice = (u64, u32, Arc<Mutex<mmio::MmioTransport>>);
+
+/// Every virtio-mmio device of the VM, for the API's `snapshot` command.
+#[derive(Debug, Default)]
+pub struct DeviceRegistry {
+    devices: Mutex<Vec<RegisteredDevice>>,
+}
+
+impl DeviceRegistry {
+    /// Records the transport at `base` with interrupt `gsi`.
+    pub fn register(&self, base: u64, gsi: u32, t: Arc<Mutex<mmio::MmioTransport>>) {
+        crate::devices::bus::lock(&self.devices).push((base, gsi, t));
+    }
+
+    /// The state of every device, in MMIO order (see docs/vmm.md, "API").
+    pub fn snapshot(&self) -> serde_json::Value {
+        let devices = crate::devices::bus::lock(&self.devices);
+        serde_json::Value::Array(
+            devices
+                .iter()
+                .map(|(base, gsi, t)| crate::devices::bus::lock(t).snapshot(*base, *gsi))
+                .collect(),
+        )
+    }
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling past the end.
@@ -305,9 +354,13 @@ fn attach(
                 .register_ioevent(evt, base + QUEUE_NOTIFY_OFFSET, q)?;
         }
     }
-    let transport = mmio::MmioTransport::new(dev, ctx.mem.clone(), Interrupt::new(irq));
-    ctx.mmio
-        .insert(Arc::new(Mutex::new(transport)), base, MMIO_SIZE)?;
+    let transport = Arc::new(Mutex::new(mmio::MmioTransport::new(
+        dev,
+        ctx.mem.clone(),
+        Interrupt::new(irq),
+    )));
+    ctx.devices.register(base, gsi, transport.clone());
+    ctx.mmio.insert(transport, base, MMIO_SIZE)?;
     ctx.subscribers.push(sub);
     ctx.cmdline_extra
         .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
@@ -339,5 +392,10 @@ mod tests {
         assert_eq!(i.irq().trigger_count(), 2);
         i.clear();
         assert_eq!(i.status(), 0);
+        i.signal_needs_reset();
+        assert!(i.needs_reset());
+        assert_eq!(i.status(), 2);
+        i.clear();
+        assert!(!i.needs_reset());
     }
 }

@@ -150,3 +150,43 @@ mod tests {
         assert_eq!(parse_connect(&[0xff, 0xfe]), None);
     }
 }
+
+/// Bounded random-input tests of the packet header and the host's CONNECT line.
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use crate::devices::virtio::queue_util::fixture::Fuzz;
+
+    #[test]
+    fn fuzz_header_round_trips_and_connect_lines() {
+        let mut f = Fuzz::new(0x5c0c);
+        let iters = Fuzz::iters(100_000);
+        for _ in 0..iters {
+            let mut b = [0u8; HDR_SIZE];
+            for chunk in b.chunks_mut(8) {
+                let r = f.next_u64().to_le_bytes();
+                chunk.copy_from_slice(&r[..chunk.len()]);
+            }
+            assert_eq!(PacketHeader::parse(&b).to_bytes(), b);
+            let n = usize::try_from(f.below(24)).unwrap_or(0);
+            const ALPHABET: &[u8] = b"CONNECTconnect 0123456789 \r\t\xff-+";
+            let line: Vec<u8> = (0..n)
+                .map(|_| ALPHABET[usize::try_from(f.below(ALPHABET.len() as u64)).unwrap_or(0)])
+                .collect();
+            if let Some(port) = parse_connect(&line) {
+                let s = String::from_utf8_lossy(&line);
+                assert!(s.to_ascii_lowercase().starts_with("connect"), "{s:?}");
+                assert!(
+                    s.contains(&port.to_string()) || port == 0,
+                    "{s:?} -> {port}"
+                );
+            }
+            let port = u32::try_from(f.next_u64() >> 32).unwrap_or(0);
+            assert_eq!(
+                parse_connect(format!("CONNECT {port}").as_bytes()),
+                Some(port)
+            );
+        }
+        eprintln!("fuzz_header_round_trips_and_connect_lines: {iters} inputs");
+    }
+}
