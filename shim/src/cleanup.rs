@@ -53,7 +53,10 @@ impl Record {
     /// Writes the record into `bundle` (atomically).
     pub fn save(&self, bundle: &Path) -> std::io::Result<()> {
         let tmp = bundle.join(format!(".{RECORD_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(&tmp, bundle.join(RECORD_FILE))
     }
 

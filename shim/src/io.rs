@@ -178,7 +178,10 @@ pub fn relay(
             stdout,
             stderr,
         } => {
-            for (stream, path, what) in [(stdout, &fifos.stdout, "stdout"), (stderr, &fifos.stderr, "stderr")] {
+            for (stream, path, what) in [
+                (stdout, &fifos.stdout, "stdout"),
+                (stderr, &fifos.stderr, "stderr"),
+            ] {
                 if let Some(s) = stream {
                     let out = open_output(path)?;
                     r.outputs

@@ -82,12 +82,13 @@ fn parse_runtime_options(data: &[u8]) -> Result<Option<String>, String> {
 
 /// The pod (grouping) id of the container whose bundle is `bundle`.
 fn group_of(bundle: &Path, id: &str) -> Result<String, Error> {
-    let text = std::fs::read(bundle.join("config.json"))
-        .map_err(|e| Error::InvalidArgument(format!("cannot read the bundle's config.json: {e}")))?;
+    let text = std::fs::read(bundle.join("config.json")).map_err(|e| {
+        Error::InvalidArgument(format!("cannot read the bundle's config.json: {e}"))
+    })?;
     let spec: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| Error::InvalidArgument(format!("bad config.json: {e}")))?;
-    let role = pod::Role::from_annotations(&pod::annotations(&spec))
-        .map_err(Error::InvalidArgument)?;
+    let role =
+        pod::Role::from_annotations(&pod::annotations(&spec)).map_err(Error::InvalidArgument)?;
     Ok(role.group(id).to_owned())
 }
 
@@ -131,6 +132,9 @@ impl Shim for VmrunShim {
             vars.push((CONFIG_ENV, p.as_str()));
         }
         let address = spawn(opts, &group, vars).await?;
+        // containerd reads it back when it restarts and reconnects to running shims.
+        std::fs::write(self.bundle.join("address"), &address)
+            .map_err(|e| Error::Other(format!("cannot write the bundle's address file: {e}")))?;
         Ok(address)
     }
 

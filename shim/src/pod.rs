@@ -86,7 +86,11 @@ pub fn annotations(spec: &Value) -> BTreeMap<String, String> {
 /// size, which then acts as the VM's overhead: memory += limit, vCPUs += ceil(quota / period).
 /// Absent or zero annotations leave the configured size. Returns (vcpus, memory_mib).
 pub fn sized(base_vcpus: u32, base_mib: u32, a: &BTreeMap<String, String>) -> (u32, u32) {
-    let num = |k: &str| a.get(k).and_then(|v| v.parse::<i64>().ok()).filter(|v| *v > 0);
+    let num = |k: &str| {
+        a.get(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v > 0)
+    };
     let mib = num(CRI_SANDBOX_MEMORY)
         .map(|b| u32::try_from(b.div_euclid(1 << 20)).unwrap_or(u32::MAX))
         .unwrap_or(0);
@@ -135,13 +139,13 @@ pub fn guest_namespaces(spec: &mut Value, sandbox_pid: Option<u32>) {
         if !obj.contains_key("path") {
             continue;
         }
-        let kind = obj
-            .get("type")
-            .and_then(Value::as_str)
-            .and_then(ns_file);
+        let kind = obj.get("type").and_then(Value::as_str).and_then(ns_file);
         match (sandbox_pid, kind) {
             (Some(pid), Some(file)) => {
-                obj.insert("path".into(), Value::String(format!("/proc/{pid}/ns/{file}")));
+                obj.insert(
+                    "path".into(),
+                    Value::String(format!("/proc/{pid}/ns/{file}")),
+                );
             }
             _ => {
                 obj.remove("path");

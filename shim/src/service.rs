@@ -142,11 +142,17 @@ impl Proc {
     }
 
     fn state(&self) -> PState {
-        *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn set_state(&self, s: PState) {
-        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *st != PState::Stopped {
             *st = s;
         }
@@ -367,7 +373,10 @@ impl Service {
             .and_then(Value::as_str)
             .filter(|h| !h.is_empty())
             .map(str::to_owned);
-        log::info!("pod {group}: booting sandbox {name} under {}", self.s.root.display());
+        log::info!(
+            "pod {group}: booting sandbox {name} under {}",
+            self.s.root.display()
+        );
         let sandbox = Sandbox::start(cfg)
             .await
             .map_err(|e| internal("cannot start the pod's VM", chain(&e)))?;
@@ -378,7 +387,11 @@ impl Service {
         let record = Record {
             shim: ProcessRef::of(nix::unistd::getpid().as_raw()),
             sandbox_dir: sandbox.paths().dir.clone(),
-            processes: sandbox.pids().into_iter().filter_map(ProcessRef::of).collect(),
+            processes: sandbox
+                .pids()
+                .into_iter()
+                .filter_map(ProcessRef::of)
+                .collect(),
         };
         if let Err(e) = record.save(bundle) {
             log::warn!("cannot write the bundle record: {e}");
@@ -440,7 +453,8 @@ impl Service {
             if let Some(r) = p.relays.lock().await.as_mut() {
                 r.stop_input();
             }
-            self.record_exit(&p, VM_GONE_STATUS, SystemTime::now()).await;
+            self.record_exit(&p, VM_GONE_STATUS, SystemTime::now())
+                .await;
         }
     }
 
@@ -456,11 +470,17 @@ impl Service {
         if !first {
             return;
         }
-        *p.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = PState::Stopped;
+        *p.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = PState::Stopped;
         log::info!(
             "{}/{}: exited with {status}",
             p.container_id,
-            if p.exec_id.is_empty() { "init" } else { &p.exec_id }
+            if p.exec_id.is_empty() {
+                "init"
+            } else {
+                &p.exec_id
+            }
         );
         let mut e = TaskExit::new();
         e.container_id = p.container_id.clone();
@@ -512,7 +532,9 @@ impl Service {
         let open = |stream| sandbox.open_stream(&p.container_id, exec, stream);
         let err = |e: vmrun_runtime::sandbox::SandboxError| internal("stdio", chain(&e));
         if p.fifos.terminal {
-            return Ok(GuestStreams::Tty(open(StdioStream::Tty).await.map_err(err)?));
+            return Ok(GuestStreams::Tty(
+                open(StdioStream::Tty).await.map_err(err)?,
+            ));
         }
         let one = |path: &str, stream| {
             let want = !path.is_empty();
@@ -525,8 +547,12 @@ impl Service {
             }
         };
         let stdin = one(&p.fifos.stdin, StdioStream::Stdin).await.map_err(err)?;
-        let stdout = one(&p.fifos.stdout, StdioStream::Stdout).await.map_err(err)?;
-        let stderr = one(&p.fifos.stderr, StdioStream::Stderr).await.map_err(err)?;
+        let stdout = one(&p.fifos.stdout, StdioStream::Stdout)
+            .await
+            .map_err(err)?;
+        let stderr = one(&p.fifos.stderr, StdioStream::Stderr)
+            .await
+            .map_err(err)?;
         Ok(GuestStreams::Pipes {
             stdin,
             stdout,
@@ -545,10 +571,16 @@ impl Service {
     async fn create_inner(&self, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
         let id = req.id.clone();
         if !vmrun_protocol::is_valid_id(&id) {
-            return Err(status_err(Code::INVALID_ARGUMENT, format!("invalid container id {id:?}")));
+            return Err(status_err(
+                Code::INVALID_ARGUMENT,
+                format!("invalid container id {id:?}"),
+            ));
         }
         if self.containers().contains_key(&id) {
-            return Err(status_err(Code::ALREADY_EXISTS, format!("container {id} exists")));
+            return Err(status_err(
+                Code::ALREADY_EXISTS,
+                format!("container {id} exists"),
+            ));
         }
         if !req.checkpoint.is_empty() {
             return Err(status_err(Code::UNIMPLEMENTED, "restore from a checkpoint"));
@@ -1038,7 +1070,10 @@ impl Task for Service {
     ) -> TtrpcResult<api::Empty> {
         let p = self.process(&req.id, &req.exec_id)?;
         if !p.fifos.terminal {
-            return Err(status_err(Code::FAILED_PRECONDITION, "the process has no terminal"));
+            return Err(status_err(
+                Code::FAILED_PRECONDITION,
+                "the process has no terminal",
+            ));
         }
         let (agent, _) = self.vm().await?;
         let mut r = agent::ResizeTtyRequest::new();
