@@ -15,6 +15,48 @@ use crate::{host_bin, ProcessGroup};
 
 /// The runtime name of the vmrun shim.
 pub const RUNTIME: &str = "io.containerd.vmrun.v2";
+/// The CRI sandbox image the harness builds and imports.
+pub const PAUSE_IMAGE: &str = "docker.io/library/pause:local";
+
+const PAUSE_C: &str = r#"#include <signal.h>
+#include <unistd.h>
+#include <sys/wait.h>
+static void quit(int s) { (void)s; _exit(0); }
+static void reap(int s) { (void)s; while (waitpid(-1, 0, WNOHANG) > 0) {} }
+int main(void) {
+    signal(SIGINT, quit); signal(SIGTERM, quit); signal(SIGCHLD, reap);
+    for (;;) pause();
+}
+"#;
+
+const PAUSE_SCRIPT: &str = r#"set -e
+cd "$1"; mkdir -p rootfs L/blobs/sha256
+gcc -static -O2 -o rootfs/pause pause.c
+tar --sort=name --numeric-owner --owner=0 --group=0 --mtime='2024-01-01 00:00:00Z' -C rootfs -cf layer.tar .
+DIFFID=$(sha256sum layer.tar | cut -d' ' -f1); gzip -n -1 -c layer.tar > layer.tar.gz
+LDIG=$(sha256sum layer.tar.gz | cut -d' ' -f1); LSZ=$(stat -c %s layer.tar.gz); cp layer.tar.gz L/blobs/sha256/$LDIG
+printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $DIFFID > config.json
+CDIG=$(sha256sum config.json | cut -d' ' -f1); CSZ=$(stat -c %s config.json); cp config.json L/blobs/sha256/$CDIG
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' $CDIG $CSZ $LDIG $LSZ > manifest.json
+MDIG=$(sha256sum manifest.json | cut -d' ' -f1); MSZ=$(stat -c %s manifest.json); cp manifest.json L/blobs/sha256/$MDIG
+printf '{"imageLayoutVersion":"1.0.0"}' > L/oci-layout
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"docker.io/library/pause:local","org.opencontainers.image.ref.name":"local"}}]}' $MDIG $MSZ > L/index.json
+tar -C L -cf image.tar oci-layout index.json blobs
+"#;
+
+/// Builds the CRI sandbox image ([`PAUSE_IMAGE`]): a static `/pause` compiled here (sleeps,
+/// reaps, exits 0 on SIGTERM/SIGINT), as an OCI archive written with tar and sha256sum.
+pub fn pause_image(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("pause image dir");
+    std::fs::write(dir.join("pause.c"), PAUSE_C).expect("pause.c");
+    let st = Command::new("sh")
+        .args(["-c", PAUSE_SCRIPT, "sh"])
+        .arg(dir)
+        .status()
+        .expect("run sh");
+    assert!(st.success(), "building the pause image failed");
+    dir.join("image.tar")
+}
 
 /// A running private containerd. Stopped (and its netns deleted) on drop.
 #[derive(Debug)]
@@ -42,12 +84,29 @@ impl Containerd {
             .status();
         let sock = d.join("c.sock");
         std::fs::create_dir_all(d.join("sr")).expect("shim root");
+        // A private bridge that exists only in the netns; no masquerade, no default route.
+        std::fs::create_dir_all(d.join("cni")).expect("cni dir");
+        let bridge: String = format!("vrb{}", std::process::id()).chars().take(15).collect();
+        std::fs::write(
+            d.join("cni/10-vmrun-test.conflist"),
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"vmrun-test","plugins":[{{"type":"bridge","bridge":"{bridge}","isGateway":true,"isDefaultGateway":false,"ipMasq":false,"hairpinMode":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.250.251.0/24"}}]],"dataDir":"{}/cni-ipam"}}}}]}}"#,
+                d.display()
+            ),
+        )
+        .expect("cni conflist");
         std::fs::write(
             d.join("containerd.toml"),
             format!(
                 "version = 2\nroot = \"{0}/c-root\"\nstate = \"{0}/c-state\"\n[grpc]\n  address = \"{1}\"\n\
                  [ttrpc]\n  address = \"{1}.ttrpc\"\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n\
-                 \x20   disable_cgroup = true\n    restrict_oom_score_adj = true\n",
+                 \x20   disable_cgroup = true\n    restrict_oom_score_adj = true\n\
+                 \x20   sandbox_image = \"{PAUSE_IMAGE}\"\n    stream_server_address = \"127.0.0.1\"\n    stream_server_port = \"0\"\n\
+                 \x20   [plugins.\"io.containerd.grpc.v1.cri\".cni]\n      bin_dir = \"/usr/lib/cni\"\n      conf_dir = \"{0}/cni\"\n\
+                 \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n      default_runtime_name = \"runc\"\n\
+                 \x20     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n        runtime_type = \"io.containerd.runc.v2\"\n\
+                 \x20     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.vmrun]\n        runtime_type = \"{RUNTIME}\"\n\
+                 \x20       [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.vmrun.options]\n          ConfigPath = \"{0}/config.toml\"\n",
                 d.display(),
                 sock.display()
             ),
@@ -146,6 +205,27 @@ impl Containerd {
         let out = self.ctr(&["images", "import", &tar.to_string_lossy()]);
         assert!(out.status.success(), "import: {}", text(&out.stderr));
         "docker.io/library/vmrunbox:local"
+    }
+
+    /// Imports the busybox and the static `pause` images into namespace `ns` (CRI uses
+    /// `k8s.io`).
+    pub fn import_cri_images(&self, ns: &str) {
+        let bb = crate::cli::busybox_image(&self.env.dir().join("img"));
+        let pause = pause_image(&self.env.dir().join("pause-img"));
+        for tar in [bb, pause] {
+            let mut cmd = Command::new("ctr");
+            cmd.arg("--address")
+                .arg(&self.sock)
+                .args(["-n", ns, "images", "import"])
+                .arg(&tar);
+            let out = run_bounded(cmd, Duration::from_secs(120));
+            assert!(out.status.success(), "import: {}", text(&out.stderr));
+        }
+    }
+
+    /// containerd's gRPC socket (the CRI endpoint).
+    pub fn socket(&self) -> &Path {
+        &self.sock
     }
 
     /// The containerd log (for failure messages).
