@@ -35,7 +35,7 @@ gcc -static -O2 -o rootfs/pause pause.c
 tar --sort=name --numeric-owner --owner=0 --group=0 --mtime='2024-01-01 00:00:00Z' -C rootfs -cf layer.tar .
 DIFFID=$(sha256sum layer.tar | cut -d' ' -f1); gzip -n -1 -c layer.tar > layer.tar.gz
 LDIG=$(sha256sum layer.tar.gz | cut -d' ' -f1); LSZ=$(stat -c %s layer.tar.gz); cp layer.tar.gz L/blobs/sha256/$LDIG
-printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $DIFFID > config.json
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/"],"Entrypoint":["/pause"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $DIFFID > config.json
 CDIG=$(sha256sum config.json | cut -d' ' -f1); CSZ=$(stat -c %s config.json); cp config.json L/blobs/sha256/$CDIG
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' $CDIG $CSZ $LDIG $LSZ > manifest.json
 MDIG=$(sha256sum manifest.json | cut -d' ' -f1); MSZ=$(stat -c %s manifest.json); cp manifest.json L/blobs/sha256/$MDIG

@@ -18,6 +18,37 @@ fn host_kernel() -> String {
         .to_owned()
 }
 
+/// (Rss, Pss) in KiB of a process, from /proc/<pid>/smaps_rollup.
+fn rss_pss_kib(pid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// Prints the host memory of one idle pod: the shim plus the VM's processes.
+fn print_pod_memory(c: &Containerd) {
+    let mut total = (0, 0);
+    let shims = c.shim_pids();
+    let vm = vmrun_tests::cli::processes_mentioning(&c.shim_root());
+    for pid in shims.iter().chain(vm.iter()) {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let (rss, pss) = rss_pss_kib(*pid);
+        println!("idle pod memory: {pid} {}: RSS {rss} KiB, PSS {pss} KiB", name.trim());
+        total = (total.0 + rss, total.1 + pss);
+    }
+    println!(
+        "idle pod memory: shim + VM processes: RSS {} MiB, PSS {} MiB",
+        total.0 / 1024,
+        total.1 / 1024
+    );
+}
+
 fn wait_task_status(c: &Containerd, id: &str, want: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
@@ -83,6 +114,7 @@ fn ctr_run_exec_pause_metrics_kill() {
     ]);
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
     wait_task_status(&c, "t2", "RUNNING", Duration::from_secs(60));
+    print_pod_memory(&c);
     let out = c.ctr(&[
         "task",
         "exec",
