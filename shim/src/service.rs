@@ -998,6 +998,16 @@ impl Task for Service {
             Ok(_) => Ok(api::Empty::new()),
             // kill --all on a container whose processes are gone is not an error.
             Err(_) if req.all && p.exit().is_some() => Ok(api::Empty::new()),
+            // The process exited in the guest and its waiter has not recorded it yet: what
+            // runc's shim answers (containerd tolerates NOT_FOUND on kill).
+            Err(TtrpcError::RpcStatus(s))
+                if matches!(s.code(), Code::FAILED_PRECONDITION | Code::NOT_FOUND) =>
+            {
+                Err(status_err(
+                    Code::NOT_FOUND,
+                    format!("process already finished: {}", s.message()),
+                ))
+            }
             Err(e) => Err(agent_err("SignalProcess", e)),
         }
     }

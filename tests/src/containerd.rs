@@ -86,7 +86,10 @@ impl Containerd {
         std::fs::create_dir_all(d.join("sr")).expect("shim root");
         // A private bridge that exists only in the netns; no masquerade, no default route.
         std::fs::create_dir_all(d.join("cni")).expect("cni dir");
-        let bridge: String = format!("vrb{}", std::process::id()).chars().take(15).collect();
+        let bridge: String = format!("vrb{}", std::process::id())
+            .chars()
+            .take(15)
+            .collect();
         std::fs::write(
             d.join("cni/10-vmrun-test.conflist"),
             format!(

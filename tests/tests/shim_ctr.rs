@@ -39,7 +39,10 @@ fn print_pod_memory(c: &Containerd) {
     for pid in shims.iter().chain(vm.iter()) {
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let (rss, pss) = rss_pss_kib(*pid);
-        println!("idle pod memory: {pid} {}: RSS {rss} KiB, PSS {pss} KiB", name.trim());
+        println!(
+            "idle pod memory: {pid} {}: RSS {rss} KiB, PSS {pss} KiB",
+            name.trim()
+        );
         total = (total.0 + rss, total.1 + pss);
     }
     println!(
