@@ -71,28 +71,19 @@ out("pods_left", len(rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).it
 out("done", 1)
 "#;
 
-/// The Python with grpcio (`scripts/setup` makes it) and the CRI proto from the k8s-cri crate.
+/// The Python with grpcio and the CRI `api.proto`, both made by `scripts/setup` under
+/// `$VMRUN_CACHE` (default /var/cache/vmrun); `VMRUN_CRI_PYTHON` / `VMRUN_CRI_PROTO` override.
 fn cri_tools() -> Option<(PathBuf, PathBuf)> {
-    let py = PathBuf::from(
-        std::env::var("VMRUN_CRI_PYTHON")
-            .unwrap_or_else(|_| "/var/cache/vmrun/cri-venv/bin/python".into()),
+    let cache = PathBuf::from(
+        std::env::var("VMRUN_CACHE").unwrap_or_else(|_| "/var/cache/vmrun".into()),
     );
-    let home = std::env::var("CARGO_HOME")
+    let py = std::env::var("VMRUN_CRI_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
+        .unwrap_or_else(|_| cache.join("cri-venv/bin/python"));
     let proto = std::env::var("VMRUN_CRI_PROTO")
         .map(PathBuf::from)
-        .ok()
-        .or_else(|| {
-            std::fs::read_dir(home.join("registry/src"))
-                .ok()?
-                .filter_map(Result::ok)
-                .map(|e| e.path().join("k8s-cri-0.11.0/proto/v1.proto"))
-                .find(|p| p.exists())
-        })?;
-    py.exists().then_some((py, proto))
+        .unwrap_or_else(|_| cache.join("cri/api.proto"));
+    (py.exists() && proto.exists()).then_some((py, proto))
 }
 
 fn run_pod(c: &Containerd, py: &PathBuf, handler: &str) -> (bool, String) {
@@ -122,8 +113,8 @@ fn cri_pod_lifecycle() {
         return;
     }
     let (py, proto) = cri_tools().expect(
-        "CRI client tools missing: scripts/setup makes /var/cache/vmrun/cri-venv (grpcio) and \
-         fetches the k8s-cri crate (its proto/v1.proto)",
+        "CRI client tools missing: scripts/setup makes $VMRUN_CACHE/cri-venv (grpcio) and \
+         $VMRUN_CACHE/cri/api.proto",
     );
     let c = Containerd::start("shimcri");
     c.import_cri_images("k8s.io");
