@@ -12,6 +12,7 @@ pub mod agent_client;
 pub mod check;
 pub mod config;
 pub mod hypervisor;
+pub mod network;
 pub mod sandbox;
 pub mod virtiofs;
 pub mod vsock;

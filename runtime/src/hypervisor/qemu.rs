@@ -122,6 +122,15 @@ impl Hypervisor for Qemu {
                 &format!("vhost-user-fs-device,chardev=fs0,tag={SHARED_FS_TAG}"),
             ]);
         }
+        for (i, net) in spec.net.iter().enumerate() {
+            // vhost-net is not used: QEMU's own backend reads the tap (opened with a vnet header).
+            cmd.args([
+                "-netdev",
+                &format!("tap,id=net{i},fd={},vhost=off", net.fd),
+                "-device",
+                &format!("virtio-net-device,netdev=net{i},mac={}", net.mac),
+            ]);
+        }
         cmd.arg("-kernel").arg(&spec.kernel);
         cmd.arg("-initrd").arg(&spec.initrd);
         cmd.arg("-append").arg(spec.cmdline(QEMU_BASE_CMDLINE));
@@ -130,6 +139,10 @@ impl Hypervisor for Qemu {
 
     fn clean_exit_code(&self) -> i32 {
         Self::clean_exit_code()
+    }
+
+    fn tap_vnet_hdr(&self) -> bool {
+        true
     }
 }
 
@@ -158,6 +171,7 @@ mod tests {
             virtiofs_socket: fs.then(|| PathBuf::from("/s/virtiofsd.sock")),
             api_socket: PathBuf::from("/s/api.sock"),
             debug_console: false,
+            net: vec![],
         }
     }
 

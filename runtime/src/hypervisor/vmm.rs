@@ -67,6 +67,11 @@ impl Hypervisor for VmrunVmm {
             arg.push(format!(",tag={SHARED_FS_TAG}"));
             cmd.arg("--fs").arg(arg);
         }
+        for net in &spec.net {
+            // vmrun-vmm reads plain frames from the tap (no vnet header).
+            cmd.arg("--net")
+                .arg(format!("fd={},mac={}", net.fd, net.mac));
+        }
         cmd
     }
 
@@ -98,6 +103,7 @@ mod tests {
             virtiofs_socket: None,
             api_socket: PathBuf::from("/s/api.sock"),
             debug_console: true,
+            net: vec![],
         };
         let a: Vec<String> = v
             .command(&spec)
