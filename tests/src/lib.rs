@@ -16,6 +16,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub mod cli;
+pub mod net;
 pub mod sandbox;
 pub mod vmm;
 
