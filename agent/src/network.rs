@@ -121,7 +121,9 @@ fn check_name(name: &str) -> Result<(), NetError> {
         || name == "."
         || name == ".."
     {
-        return Err(NetError::Invalid(format!("invalid interface name {name:?}")));
+        return Err(NetError::Invalid(format!(
+            "invalid interface name {name:?}"
+        )));
     }
     Ok(())
 }
@@ -272,7 +274,10 @@ pub fn update_interface(cfg: &InterfaceConfig) -> Result<u32, NetError> {
     let mut nl = Netlink::open()?;
     let all = links(&mut nl)?;
     // Loopback up: containers in the pod namespace talk to each other over it.
-    if let Some(lo) = all.iter().find(|l| l.header.flags.contains(LinkFlags::Loopback)) {
+    if let Some(lo) = all
+        .iter()
+        .find(|l| l.header.flags.contains(LinkFlags::Loopback))
+    {
         set_link(&mut nl, lo.header.index, Some(true), vec![])?;
     }
     let link = all
@@ -389,7 +394,8 @@ pub fn update_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
                 .push(RouteAttribute::Destination(route_addr(&dst)));
         }
         if let Some(gw) = r.gateway {
-            msg.attributes.push(RouteAttribute::Gateway(route_addr(&gw)));
+            msg.attributes
+                .push(RouteAttribute::Gateway(route_addr(&gw)));
         }
         if let Some(src) = r.source {
             msg.attributes
@@ -420,10 +426,11 @@ pub fn add_neighbours(neighbours: &[NeighbourConfig]) -> Result<(), NetError> {
         msg.header.family = family(&n.address);
         msg.header.ifindex = index;
         msg.header.state = NeighbourState::Permanent;
-        msg.attributes.push(NeighbourAttribute::Destination(match n.address {
-            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-        }));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match n.address {
+                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+            }));
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
         nl.request(
@@ -445,13 +452,25 @@ mod tests {
             parse_mac("02:00:0a:0b:0c:ff").expect("mac"),
             [2, 0, 10, 11, 12, 255]
         );
-        for bad in ["", "02:00:0a:0b:0c", "02:00:0a:0b:0c:zz", "002:00:0a:0b:0c:ff"] {
+        for bad in [
+            "",
+            "02:00:0a:0b:0c",
+            "02:00:0a:0b:0c:zz",
+            "002:00:0a:0b:0c:ff",
+        ] {
             assert!(parse_mac(bad).is_err(), "{bad}");
         }
-        let ok = interface_config("eth0", "02:00:00:00:00:01", &[("10.0.0.2".into(), 24)], 1400)
-            .expect("valid");
+        let ok = interface_config(
+            "eth0",
+            "02:00:00:00:00:01",
+            &[("10.0.0.2".into(), 24)],
+            1400,
+        )
+        .expect("valid");
         assert_eq!(ok.addresses, vec![("10.0.0.2".parse().expect("ip"), 24)]);
-        assert!(interface_config("eth0", "02:00:00:00:00:01", &[("10.0.0.2".into(), 33)], 0).is_err());
+        assert!(
+            interface_config("eth0", "02:00:00:00:00:01", &[("10.0.0.2".into(), 33)], 0).is_err()
+        );
         assert!(interface_config("a/b", "02:00:00:00:00:01", &[], 0).is_err());
         assert!(interface_config("eth0", "02:00:00:00:00:01", &[], 20).is_err());
         assert!(interface_config("eth0", "02:00:00:00:00:01", &[("x".into(), 1)], 0).is_err());

@@ -271,7 +271,10 @@ impl Bundle {
         {
             nss.retain(|ns| {
                 !(ns.get("type").and_then(Value::as_str) == Some("network")
-                    && ns.get("path").and_then(Value::as_str).is_some_and(|p| !p.is_empty()))
+                    && ns
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .is_some_and(|p| !p.is_empty()))
             });
         }
         spec

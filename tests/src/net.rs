@@ -78,10 +78,31 @@ impl TestNet {
         ip(&["-n", pod, "addr", "add", &pod_cidr, "dev", "eth0"]);
         ip(&["-n", pod, "link", "set", "lo", "up"]);
         ip(&["-n", pod, "link", "set", "eth0", "up"]);
-        ip(&["-n", pod, "route", "add", "default", "via", PEER_IP, "dev", "eth0"]);
-        ip(&["-n", pod, "route", "add", EXTRA_ROUTE, "via", PEER_IP, "dev", "eth0"]);
         ip(&[
-            "-n", pod, "neigh", "add", NEIGH_IP, "lladdr", NEIGH_MAC, "dev", "eth0", "nud",
+            "-n", pod, "route", "add", "default", "via", PEER_IP, "dev", "eth0",
+        ]);
+        ip(&[
+            "-n",
+            pod,
+            "route",
+            "add",
+            EXTRA_ROUTE,
+            "via",
+            PEER_IP,
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            pod,
+            "neigh",
+            "add",
+            NEIGH_IP,
+            "lladdr",
+            NEIGH_MAC,
+            "dev",
+            "eth0",
+            "nud",
             "permanent",
         ]);
         ip(&["-n", peer, "addr", "add", &peer_cidr, "dev", "eth0"]);
@@ -124,7 +145,15 @@ impl TestNet {
     pub fn pod_tc(&self) -> String {
         let mut text = String::new();
         for args in [
-            vec!["-n", self.pod.as_str(), "filter", "show", "dev", "eth0", "ingress"],
+            vec![
+                "-n",
+                self.pod.as_str(),
+                "filter",
+                "show",
+                "dev",
+                "eth0",
+                "ingress",
+            ],
             vec!["-n", self.pod.as_str(), "qdisc", "show"],
         ] {
             let out = Command::new("tc").args(&args).output().expect("run tc");
@@ -144,7 +173,10 @@ impl TestNet {
                 && !tc.contains("mirred")
                 && !tc.contains("ingress");
             if clean {
-                assert!(links.iter().any(|l| l == "eth0"), "the veth is gone: {links:?}");
+                assert!(
+                    links.iter().any(|l| l == "eth0"),
+                    "the veth is gone: {links:?}"
+                );
                 return;
             }
             assert!(

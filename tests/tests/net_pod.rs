@@ -11,9 +11,7 @@
 use std::time::{Duration, Instant};
 
 use vmrun_tests::cli::{busybox_bundle, require_cli_artifacts, text, BundleOpts, CliEnv};
-use vmrun_tests::net::{
-    join_netns, TestNet, EXTRA_ROUTE, MTU, NEIGH_IP, PEER_IP, POD_IP, POD_MAC,
-};
+use vmrun_tests::net::{join_netns, TestNet, EXTRA_ROUTE, MTU, NEIGH_IP, PEER_IP, POD_IP, POD_MAC};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -99,12 +97,8 @@ fn container_in_vm_talks_to_the_peer_namespace_both_ways() {
     assert!(env.run(&["start", "n1"], T).status.success());
     let report = wait_output(&env, "n1", "SERVING", Duration::from_secs(120));
     println!("{report}");
-    let line = |prefix: &str| -> Vec<&str> {
-        report
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .collect()
-    };
+    let line =
+        |prefix: &str| -> Vec<&str> { report.lines().filter(|l| l.starts_with(prefix)).collect() };
     assert_eq!(line("MAC "), vec![format!("MAC {POD_MAC}").as_str()]);
     assert_eq!(line("MTU "), vec![format!("MTU {MTU}").as_str()]);
     assert!(
@@ -174,7 +168,11 @@ fn killing_the_vm_leaves_no_tap_and_no_filter() {
     // The hypervisor held the only tap fd: the tap goes with it, at once.
     let deadline = Instant::now() + Duration::from_secs(10);
     while net.pod_links().iter().any(|l| l.starts_with("tap")) {
-        assert!(Instant::now() < deadline, "tap outlived the VM: {:?}", net.pod_links());
+        assert!(
+            Instant::now() < deadline,
+            "tap outlived the VM: {:?}",
+            net.pod_links()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let del = env.run(&["delete", "--force", "k1"], T);
@@ -189,11 +187,7 @@ fn without_a_netns_path_the_container_has_loopback_only() {
         return;
     }
     let env = CliEnv::new("netlo");
-    let mut opts = BundleOpts::new(&[
-        "sh",
-        "-c",
-        "echo LINKS $(ls /sys/class/net | tr '\\n' ' ')",
-    ]);
+    let mut opts = BundleOpts::new(&["sh", "-c", "echo LINKS $(ls /sys/class/net | tr '\\n' ' ')"]);
     opts.pid_namespace = false;
     let b = busybox_bundle(env.dir(), "b", &opts, |_| {});
     let out = env.run(
@@ -201,7 +195,12 @@ fn without_a_netns_path_the_container_has_loopback_only() {
         Duration::from_secs(240),
     );
     assert!(out.status.success(), "run failed: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "LINKS lo", "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "LINKS lo",
+        "{}",
+        text(&out.stdout)
+    );
     env.assert_nothing_left("lo1");
 }
 

@@ -390,13 +390,14 @@ fn plumb(
         tap: tap_name.clone(),
         source,
     })?;
-    let tap_ifindex = link_index(nl, &tap_name)
-        .map_err(nl_err)?
-        .ok_or_else(|| NetworkError::Tap {
-            netns: netns.to_path_buf(),
-            tap: tap_name.clone(),
-            source: std::io::Error::from_raw_os_error(libc::ENODEV),
-        })?;
+    let tap_ifindex =
+        link_index(nl, &tap_name)
+            .map_err(nl_err)?
+            .ok_or_else(|| NetworkError::Tap {
+                netns: netns.to_path_buf(),
+                tap: tap_name.clone(),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            })?;
     // The tap only forwards; it must not send its own IPv6 router solicitations into the VM.
     // Best effort: the namespace may have IPv6 disabled.
     let _ = std::fs::write(
@@ -699,8 +700,8 @@ mod tests {
         assert!(text.contains("/nonexistent/netns/vmrun-test"), "{text}");
         assert!(text.contains("No such file"), "{text}");
         // A regular file is not a namespace.
-        let err = PodNetwork::setup(Path::new("/proc/self/status"), false)
-            .expect_err("not a namespace");
+        let err =
+            PodNetwork::setup(Path::new("/proc/self/status"), false).expect_err("not a namespace");
         assert!(err.to_string().contains("cannot enter"), "{err}");
     }
 
@@ -734,11 +735,40 @@ mod tests {
         assert!(ip(&["netns", "add", &peer]));
         let _peer = Ns(peer.clone());
         for args in [
-            vec!["-n", &name, "link", "add", "eth0", "address", "02:00:00:00:01:02", "mtu", "1300", "type", "veth", "peer", "name", "eth0", "netns", &peer],
+            vec![
+                "-n",
+                &name,
+                "link",
+                "add",
+                "eth0",
+                "address",
+                "02:00:00:00:01:02",
+                "mtu",
+                "1300",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &peer,
+            ],
             vec!["-n", &name, "addr", "add", "10.201.0.2/24", "dev", "eth0"],
             vec!["-n", &name, "link", "set", "eth0", "up"],
             vec!["-n", &name, "route", "add", "default", "via", "10.201.0.1"],
-            vec!["-n", &name, "neigh", "add", "10.201.0.9", "lladdr", "02:00:00:00:00:09", "dev", "eth0", "nud", "permanent"],
+            vec![
+                "-n",
+                &name,
+                "neigh",
+                "add",
+                "10.201.0.9",
+                "lladdr",
+                "02:00:00:00:00:09",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
         ] {
             assert!(ip(&args), "ip {args:?}");
         }
@@ -753,7 +783,10 @@ mod tests {
         let (veth, tapi) = (d.ifindex, d.tap_ifindex);
         let routes = net.agent_routes();
         assert_eq!(routes.len(), 1, "{routes:?}");
-        assert_eq!((routes[0].destination.as_str(), routes[0].gateway.as_str()), ("", "10.201.0.1"));
+        assert_eq!(
+            (routes[0].destination.as_str(), routes[0].gateway.as_str()),
+            ("", "10.201.0.1")
+        );
         assert_eq!(net.agent_neighbours().len(), 1);
         let specs = net.net_specs();
         assert_eq!(specs.len(), 1);
