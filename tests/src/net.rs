@@ -206,16 +206,23 @@ impl TestNet {
         Server(child)
     }
 
-    /// Fetches `url` from the peer namespace with busybox wget, retrying until `deadline`.
-    pub fn peer_fetch(&self, url: &str, timeout: Duration) -> Option<String> {
+    /// `GET path` from `host:port` over busybox nc, run in the peer namespace, retrying until
+    /// `timeout`; returns the body. (Debian's static busybox wget crashes on this host.)
+    pub fn peer_get(&self, host: &str, port: u16, path: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
+        let script =
+            format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 {host} {port}");
         while Instant::now() < deadline {
             let out = self
-                .in_peer(&["busybox", "wget", "-q", "-T", "3", "-O", "-", url])
+                .in_peer(&["sh", "-c", &script])
                 .output()
-                .expect("run wget");
-            if out.status.success() {
-                return Some(String::from_utf8_lossy(&out.stdout).into_owned());
+                .expect("run nc");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && text.starts_with("HTTP/1.") && text.contains(" 200 ") {
+                let body = text
+                    .split_once("\r\n\r\n")
+                    .map_or(String::new(), |(_, b)| b.to_owned());
+                return Some(body);
             }
             std::thread::sleep(Duration::from_millis(500));
         }

@@ -43,7 +43,7 @@ ip route | sed 's/^/ROUTE /'
 ip neigh show | sed 's/^/NEIGH /'
 echo "RESOLV $(cat /etc/resolv.conf)"
 echo "HOSTS $(grep vmrun-pod /etc/hosts)"
-body=$(wget -q -T 10 -O - http://PEER:8080/hello.txt) && echo "FETCHED $body"
+body=$(printf 'GET /hello.txt HTTP/1.0\r\n\r\n' | nc PEER 8080 | tail -n 1) && echo "FETCHED $body"
 mkdir -p /tmp/www && echo from-the-vm > /tmp/www/index.html
 echo SERVING
 exec httpd -f -p 8081 -h /tmp/www
@@ -59,7 +59,7 @@ fn container_in_vm_talks_to_the_peer_namespace_both_ways() {
     let www = env.dir().join("www");
     std::fs::create_dir_all(&www).expect("www dir");
     std::fs::write(www.join("hello.txt"), "hello-from-the-peer\n").expect("hello.txt");
-    let _httpd = net.peer_httpd(&www, 8080);
+    let httpd = net.peer_httpd(&www, 8080);
     // /etc/resolv.conf and /etc/hosts come in as bind mounts, as CRI/podman give them.
     let etc = env.dir().join("etc");
     std::fs::create_dir_all(&etc).expect("etc dir");
@@ -129,10 +129,12 @@ fn container_in_vm_talks_to_the_peer_namespace_both_ways() {
     );
     // And the other way: the peer reaches the container's server through the VM.
     let got = net
-        .peer_fetch(&format!("http://{POD_IP}:8081/"), Duration::from_secs(60))
+        .peer_get(POD_IP, 8081, "/", Duration::from_secs(60))
         .expect("the peer could not reach the container's httpd");
     assert_eq!(got.trim(), "from-the-vm");
 
+    // The peer's httpd serves from the test dir: stop it before the "nothing left" check.
+    drop(httpd);
     assert!(env.run(&["kill", "n1", "KILL"], T).status.success());
     let del = env.run(&["delete", "--force", "n1"], T);
     assert!(del.status.success(), "{}", text(&del.stderr));

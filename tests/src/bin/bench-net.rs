@@ -176,7 +176,7 @@ fn measure(net: &TestNet, secs: u32, requests: usize) -> Result<Results> {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         if net
-            .peer_fetch(&format!("http://{POD_IP}:8081/"), Duration::from_secs(5))
+            .peer_get(POD_IP, 8081, "/", Duration::from_secs(5))
             .is_some()
         {
             break;
