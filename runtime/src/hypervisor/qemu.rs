@@ -210,6 +210,19 @@ mod tests {
         );
         let no_fs = args(&q.command(&spec(false))).join(" ");
         assert!(!no_fs.contains("vhost-user-fs"));
+        assert!(!no_fs.contains("-netdev"));
+        let mut with_net = spec(false);
+        with_net.net = vec![crate::network::NetSpec {
+            fd: 7,
+            mac: "02:00:00:00:00:09".to_owned(),
+            mtu: 1400,
+        }];
+        let net = args(&q.command(&with_net)).join(" ");
+        assert!(
+            net.contains("-netdev tap,id=net0,fd=7,vhost=off -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:09"),
+            "{net}"
+        );
+        assert!(q.tap_vnet_hdr());
         let k = Qemu::new(PathBuf::from("q"), Accel::Kvm);
         assert!(args(&k.command(&spec(false)))
             .join(" ")

@@ -134,5 +134,23 @@ mod tests {
             a.ends_with(&["--fs".to_owned(), "/s/virtiofsd.sock,tag=vmrun".to_owned()]),
             "{a:?}"
         );
+        let with_net = VmSpec {
+            net: vec![crate::network::NetSpec {
+                fd: 5,
+                mac: "02:00:00:00:00:07".to_owned(),
+                mtu: 1500,
+            }],
+            ..with_fs
+        };
+        let a: Vec<String> = v
+            .command(&with_net)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            a.ends_with(&["--net".to_owned(), "fd=5,mac=02:00:00:00:00:07".to_owned()]),
+            "{a:?}"
+        );
+        assert!(!v.tap_vnet_hdr());
     }
 }
