@@ -189,13 +189,12 @@ fn candidate(link: &LinkMessage) -> Option<(u32, String, [u8; 6], u32)> {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
             LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::Mtu(m) => mtu = *m,
-            LinkAttribute::LinkInfo(infos) => {
+            LinkAttribute::LinkInfo(infos)
                 if infos
                     .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun)))
-                {
-                    return None;
-                }
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun))) =>
+            {
+                return None;
             }
             _ => {}
         }
@@ -203,9 +202,12 @@ fn candidate(link: &LinkMessage) -> Option<(u32, String, [u8; 6], u32)> {
     Some((link.header.index, name?, mac?, mtu))
 }
 
+/// One interface as listed: index, name, MAC, MTU, addresses.
+type Link = (u32, String, [u8; 6], u32, Vec<(IpAddr, u8)>);
+
 /// Everything read from the namespace before anything is changed.
 struct Inventory {
-    links: Vec<(u32, String, [u8; 6], u32, Vec<(IpAddr, u8)>)>,
+    links: Vec<Link>,
     routes: Vec<PodRoute>,
     neighbours: Vec<PodNeighbour>,
 }
@@ -374,7 +376,7 @@ fn set_mtu_up(nl: &mut Netlink, ifindex: u32, mtu: u32) -> Result<(), NetlinkErr
 fn plumb(
     nl: &mut Netlink,
     index: usize,
-    link: (u32, String, [u8; 6], u32, Vec<(IpAddr, u8)>),
+    link: Link,
     vnet_hdr: bool,
     netns: &Path,
     done: &mut Vec<NetDevice>,
