@@ -17,6 +17,7 @@
 mod config;
 mod container;
 mod logger;
+mod network;
 mod passwd;
 mod reaper;
 mod selfcheck;

@@ -57,6 +57,16 @@ fn invalid(msg: impl Into<String>) -> ttrpc::Error {
     status(ttrpc::Code::INVALID_ARGUMENT, msg)
 }
 
+/// The status of a network call's error.
+fn net_status(e: crate::network::NetError) -> ttrpc::Error {
+    let code = match e {
+        crate::network::NetError::Invalid(_) => ttrpc::Code::INVALID_ARGUMENT,
+        crate::network::NetError::NoDevice(_) => ttrpc::Code::NOT_FOUND,
+        crate::network::NetError::Netlink(_) => ttrpc::Code::INTERNAL,
+    };
+    status(code, e.to_string())
+}
+
 /// The `Health` service.
 #[derive(Debug, Clone)]
 pub struct HealthService(pub Arc<Agent>);
@@ -325,34 +335,78 @@ impl agent_ttrpc::AgentService for AgentService {
     async fn update_interface(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::UpdateInterfaceRequest,
+        req: agent::UpdateInterfaceRequest,
     ) -> ttrpc::Result<agent::Interface> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "UpdateInterface is not implemented yet",
-        ))
+        let iface = req
+            .interface
+            .into_option()
+            .ok_or_else(|| invalid("UpdateInterface without an interface"))?;
+        let addresses: Vec<(String, u32)> = iface
+            .addresses
+            .iter()
+            .map(|a| (a.address.clone(), a.prefix_len))
+            .collect();
+        let cfg =
+            crate::network::interface_config(&iface.name, &iface.hw_addr, &addresses, iface.mtu)
+                .map_err(net_status)?;
+        tokio::task::spawn_blocking(move || crate::network::update_interface(&cfg))
+            .await
+            .map_err(|e| status(ttrpc::Code::INTERNAL, e.to_string()))?
+            .map_err(net_status)?;
+        log::info!(
+            "interface {} ({}) configured: {} address(es), mtu {}",
+            iface.name,
+            iface.hw_addr,
+            iface.addresses.len(),
+            iface.mtu
+        );
+        Ok(iface)
     }
 
     async fn update_routes(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::UpdateRoutesRequest,
+        req: agent::UpdateRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "UpdateRoutes is not implemented yet",
-        ))
+        let routes = req.routes.into_option().unwrap_or_default();
+        let cfgs = routes
+            .routes
+            .iter()
+            .map(|r| {
+                crate::network::route_config(
+                    &r.destination,
+                    &r.gateway,
+                    &r.device,
+                    &r.source,
+                    r.scope,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(net_status)?;
+        tokio::task::spawn_blocking(move || crate::network::update_routes(&cfgs))
+            .await
+            .map_err(|e| status(ttrpc::Code::INTERNAL, e.to_string()))?
+            .map_err(net_status)?;
+        log::info!("{} route(s) installed", routes.routes.len());
+        Ok(routes)
     }
 
     async fn add_arp_neighbors(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::AddArpNeighborsRequest,
+        req: agent::AddArpNeighborsRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "AddArpNeighbors is not implemented yet",
-        ))
+        let cfgs = req
+            .neighbors
+            .iter()
+            .map(|n| crate::network::neighbour_config(&n.address, &n.hw_addr, &n.device))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(net_status)?;
+        tokio::task::spawn_blocking(move || crate::network::add_neighbours(&cfgs))
+            .await
+            .map_err(|e| status(ttrpc::Code::INTERNAL, e.to_string()))?
+            .map_err(net_status)?;
+        Ok(Empty::new())
     }
 
     async fn shutdown(

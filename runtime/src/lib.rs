@@ -13,6 +13,7 @@ pub mod cgroups;
 pub mod check;
 pub mod config;
 pub mod hypervisor;
+pub mod network;
 pub mod sandbox;
 pub mod virtiofs;
 pub mod vsock;

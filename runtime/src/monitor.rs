@@ -686,6 +686,7 @@ async fn create_container(
     cfg.settings = settings;
     cfg.shared_fs = true;
     cfg.hostname = bundle.summary.hostname.clone().filter(|h| !h.is_empty());
+    cfg.netns = bundle.network_namespace_path();
     let t0 = timings.record("monitor.config_load", StepKind::Host, t);
     let sandbox = Sandbox::start(cfg).await?;
     timings.extend(sandbox.timings());

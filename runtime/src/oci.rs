@@ -239,8 +239,24 @@ impl Bundle {
         self.summary.root.as_ref().is_some_and(|r| r.readonly)
     }
 
+    /// The path of the network namespace the spec joins (`linux.namespaces[type=network].path`),
+    /// if any: the pod network the VM carries ([`crate::network`]).
+    pub fn network_namespace_path(&self) -> Option<PathBuf> {
+        self.spec
+            .pointer("/linux/namespaces")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|ns| ns.get("type").and_then(Value::as_str) == Some("network"))?
+            .get("path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    }
+
     /// The spec as the guest must see it: `root.path` points into the share
-    /// ([`guest_container_dir`]`/rootfs`), everything else unchanged.
+    /// ([`guest_container_dir`]`/rootfs`), and a network namespace joined by (host) path is
+    /// dropped: the pod's interfaces live in the guest's root network namespace, which the
+    /// container then shares. Everything else is unchanged.
     pub fn guest_spec(&self, id: &str) -> Value {
         let mut spec = self.spec.clone();
         if let Some(root) = spec.get_mut("root").and_then(Value::as_object_mut) {
@@ -248,6 +264,18 @@ impl Bundle {
                 "path".into(),
                 Value::String(format!("{}/rootfs", guest_container_dir(id))),
             );
+        }
+        if let Some(nss) = spec
+            .pointer_mut("/linux/namespaces")
+            .and_then(Value::as_array_mut)
+        {
+            nss.retain(|ns| {
+                !(ns.get("type").and_then(Value::as_str) == Some("network")
+                    && ns
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .is_some_and(|p| !p.is_empty()))
+            });
         }
         spec
     }
@@ -386,6 +414,40 @@ mod tests {
             write_default_spec(&dir),
             Err(BundleError::SpecExists(_))
         ));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_network_namespace_path_becomes_the_pod_network() {
+        let mut spec = default_spec();
+        let dir = bundle_with("netns-none", &spec);
+        let b = Bundle::load(&dir).unwrap();
+        assert_eq!(b.network_namespace_path(), None);
+        // A new network namespace stays in the guest spec (loopback only).
+        let nss = b.guest_spec("c")["linux"]["namespaces"].clone();
+        assert!(nss
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
+        fs::remove_dir_all(dir).unwrap();
+
+        let nss = spec["linux"]["namespaces"].as_array_mut().unwrap();
+        for ns in nss.iter_mut() {
+            if ns["type"] == "network" {
+                ns["path"] = json!("/run/netns/pod");
+            }
+        }
+        let dir = bundle_with("netns-path", &spec);
+        let b = Bundle::load(&dir).unwrap();
+        assert_eq!(
+            b.network_namespace_path(),
+            Some(PathBuf::from("/run/netns/pod"))
+        );
+        let g = b.guest_spec("c");
+        let nss = g["linux"]["namespaces"].as_array().unwrap();
+        assert!(!nss.iter().any(|n| n["type"] == "network"), "{nss:?}");
+        assert!(nss.iter().any(|n| n["type"] == "pid"));
         fs::remove_dir_all(dir).unwrap();
     }
 

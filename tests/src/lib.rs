@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub mod cli;
 pub mod containerd;
+pub mod net;
 pub mod sandbox;
 pub mod vmm;
 

@@ -165,6 +165,8 @@ pub struct VmSpec {
     pub api_socket: PathBuf,
     /// Verbose guest console.
     pub debug_console: bool,
+    /// virtio-net devices on taps whose fds the hypervisor inherits (pod networking).
+    pub net: Vec<crate::network::NetSpec>,
 }
 
 impl VmSpec {
@@ -227,6 +229,10 @@ pub trait Hypervisor: fmt::Debug + Send + Sync {
     fn command(&self, spec: &VmSpec) -> Command;
     /// The exit status of a clean stop (the agent's announcement on the exit port).
     fn clean_exit_code(&self) -> i32;
+    /// Whether the taps it is given must carry the virtio-net header (`IFF_VNET_HDR`).
+    fn tap_vnet_hdr(&self) -> bool {
+        false
+    }
     /// Classifies the process's exit status.
     fn classify_exit(&self, status: ExitStatus) -> VmExit {
         classify(status, self.clean_exit_code())

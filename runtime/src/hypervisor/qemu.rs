@@ -122,6 +122,15 @@ impl Hypervisor for Qemu {
                 &format!("vhost-user-fs-device,chardev=fs0,tag={SHARED_FS_TAG}"),
             ]);
         }
+        for (i, net) in spec.net.iter().enumerate() {
+            // vhost-net is not used: QEMU's own backend reads the tap (opened with a vnet header).
+            cmd.args([
+                "-netdev",
+                &format!("tap,id=net{i},fd={},vhost=off", net.fd),
+                "-device",
+                &format!("virtio-net-device,netdev=net{i},mac={}", net.mac),
+            ]);
+        }
         cmd.arg("-kernel").arg(&spec.kernel);
         cmd.arg("-initrd").arg(&spec.initrd);
         cmd.arg("-append").arg(spec.cmdline(QEMU_BASE_CMDLINE));
@@ -130,6 +139,10 @@ impl Hypervisor for Qemu {
 
     fn clean_exit_code(&self) -> i32 {
         Self::clean_exit_code()
+    }
+
+    fn tap_vnet_hdr(&self) -> bool {
+        true
     }
 }
 
@@ -158,6 +171,7 @@ mod tests {
             virtiofs_socket: fs.then(|| PathBuf::from("/s/virtiofsd.sock")),
             api_socket: PathBuf::from("/s/api.sock"),
             debug_console: false,
+            net: vec![],
         }
     }
 
@@ -196,6 +210,19 @@ mod tests {
         );
         let no_fs = args(&q.command(&spec(false))).join(" ");
         assert!(!no_fs.contains("vhost-user-fs"));
+        assert!(!no_fs.contains("-netdev"));
+        let mut with_net = spec(false);
+        with_net.net = vec![crate::network::NetSpec {
+            fd: 7,
+            mac: "02:00:00:00:00:09".to_owned(),
+            mtu: 1400,
+        }];
+        let net = args(&q.command(&with_net)).join(" ");
+        assert!(
+            net.contains("-netdev tap,id=net0,fd=7,vhost=off -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:09"),
+            "{net}"
+        );
+        assert!(q.tap_vnet_hdr());
         let k = Qemu::new(PathBuf::from("q"), Accel::Kvm);
         assert!(args(&k.command(&spec(false)))
             .join(" ")

@@ -67,6 +67,11 @@ impl Hypervisor for VmrunVmm {
             arg.push(format!(",tag={SHARED_FS_TAG}"));
             cmd.arg("--fs").arg(arg);
         }
+        for net in &spec.net {
+            // vmrun-vmm reads plain frames from the tap (no vnet header).
+            cmd.arg("--net")
+                .arg(format!("fd={},mac={}", net.fd, net.mac));
+        }
         cmd
     }
 
@@ -98,6 +103,7 @@ mod tests {
             virtiofs_socket: None,
             api_socket: PathBuf::from("/s/api.sock"),
             debug_console: true,
+            net: vec![],
         };
         let a: Vec<String> = v
             .command(&spec)
@@ -128,5 +134,23 @@ mod tests {
             a.ends_with(&["--fs".to_owned(), "/s/virtiofsd.sock,tag=vmrun".to_owned()]),
             "{a:?}"
         );
+        let with_net = VmSpec {
+            net: vec![crate::network::NetSpec {
+                fd: 5,
+                mac: "02:00:00:00:00:07".to_owned(),
+                mtu: 1500,
+            }],
+            ..with_fs
+        };
+        let a: Vec<String> = v
+            .command(&with_net)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            a.ends_with(&["--net".to_owned(), "fd=5,mac=02:00:00:00:00:07".to_owned()]),
+            "{a:?}"
+        );
+        assert!(!v.tap_vnet_hdr());
     }
 }

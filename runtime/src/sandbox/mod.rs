@@ -176,6 +176,9 @@ pub enum SandboxError {
     /// The sandbox was already stopped.
     #[error("the sandbox is stopped")]
     Stopped,
+    /// Pod network setup failed.
+    #[error("pod network")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 /// Everything needed to start a sandbox.
@@ -201,6 +204,9 @@ pub struct SandboxConfig {
     pub kvm: Option<KvmKind>,
     /// Extra kernel command-line words (e.g. `VMRUN_AGENT_*` settings).
     pub extra_cmdline: Vec<String>,
+    /// The pod's network namespace (e.g. `/run/netns/cni-...`): its interfaces are carried into
+    /// the VM ([`crate::network`]). None: the guest has loopback only.
+    pub netns: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -218,6 +224,7 @@ impl SandboxConfig {
             expected_api_version: vmrun_protocol::API_VERSION,
             kvm: None,
             extra_cmdline: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -332,6 +339,8 @@ pub struct Sandbox {
     exit_rx: watch::Receiver<Option<VmExit>>,
     keep_console: bool,
     torn_down: bool,
+    /// Taps and tc filters of the pod network (torn down after the hypervisor is killed).
+    network: Option<crate::network::PodNetwork>,
 }
 
 impl Sandbox {
@@ -416,6 +425,7 @@ impl Sandbox {
             exit_rx,
             keep_console: false,
             torn_down: false,
+            network: None,
         };
         sandbox
             .timings
@@ -509,6 +519,20 @@ impl Sandbox {
                 .record("sandbox.vsock_daemon_ready", StepKind::Host, t);
         }
 
+        // Pod network: taps plumbed to the netns's interfaces, their fds for the hypervisor.
+        if let Some(netns) = &cfg.netns {
+            let vnet_hdr = self.hypervisor.tap_vnet_hdr();
+            self.network = Some(crate::network::PodNetwork::setup(netns, vnet_hdr)?);
+            t = self
+                .timings
+                .record("sandbox.pod_network_setup", StepKind::Host, t);
+        }
+        let net = self
+            .network
+            .as_ref()
+            .map(crate::network::PodNetwork::net_specs)
+            .unwrap_or_default();
+
         // Agent log listener, before the guest can connect.
         let log_listener =
             UnixListener::bind(&p.agent_log_socket).map_err(|source| SandboxError::Listen {
@@ -533,13 +557,18 @@ impl Sandbox {
             virtiofs_socket: cfg.shared_fs.then(|| p.virtiofsd_socket.clone()),
             api_socket: p.api_socket.clone(),
             debug_console: cfg.settings.debug_console,
+            net,
         };
-        let cmd = self.hypervisor.command(&spec);
+        let mut cmd = self.hypervisor.command(&spec);
+        crate::network::inherit_fds(&mut cmd, spec.net.iter().map(|n| n.fd).collect());
         log::debug!("sandbox {}: {:?}", self.id, cmd);
         self.timings
             .record("sandbox.log_listener_and_vm_spec", StepKind::Host, t);
         let started = Instant::now();
         let vm = ManagedProcess::spawn(self.hypervisor.name(), cmd, &p.hypervisor_log, &opts)?;
+        if let Some(net) = &mut self.network {
+            net.release_taps();
+        }
         let vm_rx = vm.subscribe();
         self.vm = Some(vm);
         self.spawn_watcher(vm_rx);
@@ -569,6 +598,12 @@ impl Sandbox {
                 .await?;
             self.timings
                 .record("sandbox.create_sandbox_rpc", StepKind::Guest, t);
+        }
+        if let Some(net) = &self.network {
+            let t = Instant::now();
+            crate::network::configure_guest(&client, net).await?;
+            self.timings
+                .record("sandbox.guest_network_config", StepKind::Guest, t);
         }
         log::info!(
             "sandbox {}: agent {} (API {}) ready after {:?}",
@@ -902,6 +937,11 @@ impl Sandbox {
         }
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some(mut net) = self.network.take() {
+            if let Err(e) = net.teardown() {
+                log::error!("sandbox {}: pod network teardown: {e}", self.id);
+            }
         }
         let mut unmounted = true;
         if let Some(mut share) = self.share.take() {
