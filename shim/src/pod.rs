@@ -10,6 +10,7 @@
 //! (`ctr run`, nerdctl) is a pod of its own.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -118,10 +119,25 @@ fn ns_file(kind: &str) -> Option<&'static str> {
     })
 }
 
-/// Rewrites the namespaces of a spec for the guest. Host paths mean nothing there: a pod member
-/// joins the namespace of the same type of the sandbox container (`sandbox_pid`, a guest pid);
-/// any other container gets new namespaces (the path is dropped). OCI hooks are dropped too:
-/// they name host programs.
+/// The host network namespace a spec joins by path (CRI's CNI netns for a pod sandbox): its
+/// interfaces are carried into the pod's VM (`vmrun_runtime::network`).
+pub fn network_namespace_path(spec: &Value) -> Option<PathBuf> {
+    spec.pointer("/linux/namespaces")?
+        .as_array()?
+        .iter()
+        .find(|ns| ns.get("type").and_then(Value::as_str) == Some("network"))?
+        .get("path")?
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Rewrites the namespaces of a spec for the guest. Host paths mean nothing there. A network
+/// namespace joined by path is the pod's network, which the VM carries in its root network
+/// namespace: the entry is dropped so that the container shares it (docs/networking.md). Any
+/// other namespace of a pod member joins the namespace of the same type of the sandbox container
+/// (`sandbox_pid`, a guest pid); any other container gets new namespaces (the path is dropped).
+/// OCI hooks are dropped too: they name host programs.
 pub fn guest_namespaces(spec: &mut Value, sandbox_pid: Option<u32>) {
     if let Some(obj) = spec.as_object_mut() {
         obj.remove("hooks");
@@ -132,6 +148,9 @@ pub fn guest_namespaces(spec: &mut Value, sandbox_pid: Option<u32>) {
     else {
         return;
     };
+    list.retain(|ns| {
+        !(ns.get("type").and_then(Value::as_str) == Some("network") && ns.get("path").is_some())
+    });
     for ns in list.iter_mut() {
         let Some(obj) = ns.as_object_mut() else {
             continue;
@@ -203,16 +222,24 @@ mod tests {
             {"type": "network", "path": "/var/run/netns/cni-1"},
             {"type": "pid"},
             {"type": "ipc", "path": "/proc/77/ns/ipc"}]}});
+        assert_eq!(
+            network_namespace_path(&spec),
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
         let mut s = spec.clone();
         guest_namespaces(&mut s, None);
         assert_eq!(
             s,
-            json!({"linux": {"namespaces": [{"type": "network"}, {"type": "pid"}, {"type": "ipc"}]}})
+            json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}]}})
         );
         let mut m = spec;
         guest_namespaces(&mut m, Some(5));
-        assert_eq!(m["linux"]["namespaces"][0]["path"], "/proc/5/ns/net");
-        assert_eq!(m["linux"]["namespaces"][1], json!({"type": "pid"}));
-        assert_eq!(m["linux"]["namespaces"][2]["path"], "/proc/5/ns/ipc");
+        assert_eq!(m["linux"]["namespaces"][0], json!({"type": "pid"}));
+        assert_eq!(m["linux"]["namespaces"][1]["path"], "/proc/5/ns/ipc");
+        // Without a path, a network namespace is a new, loopback-only one in the guest.
+        let mut own = json!({"linux": {"namespaces": [{"type": "network"}]}});
+        assert_eq!(network_namespace_path(&own), None);
+        guest_namespaces(&mut own, Some(5));
+        assert_eq!(own["linux"]["namespaces"][0], json!({"type": "network"}));
     }
 }

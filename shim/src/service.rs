@@ -368,6 +368,7 @@ impl Service {
         let mut cfg = SandboxConfig::new(&name, &self.s.root, &host);
         cfg.settings = settings;
         cfg.shared_fs = true;
+        cfg.netns = pod::network_namespace_path(spec);
         cfg.hostname = spec
             .get("hostname")
             .and_then(Value::as_str)

@@ -119,7 +119,9 @@ impl Containerd {
             env,
             netns,
             sock,
-            ns: format!("vmrun-shim-{}", std::process::id()),
+            // One containerd namespace per test: the shims' command lines name it, and
+            // shim_pids must not see another test's shims.
+            ns: format!("vmrun-shim-{}-{tag}", std::process::id()),
             process: None,
         };
         c.spawn();
@@ -182,6 +184,11 @@ impl Containerd {
         self.env.dir().join("sr")
     }
 
+    /// The network namespace containerd (and so every pod's CNI bridge) lives in.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.netns)
+    }
+
     /// The containerd namespace the test uses.
     pub fn namespace(&self) -> &str {
         &self.ns
@@ -238,13 +245,20 @@ impl Containerd {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// Pids of the vmrun shims serving this test's namespace.
+    /// Pids of the vmrun shims serving this test's namespace (`-namespace <ns>` in argv).
     pub fn shim_pids(&self) -> Vec<i32> {
         processes_mentioning(Path::new(&format!("-namespace {}", self.ns)))
             .into_iter()
             .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| text(&c).contains("containerd-shim-vmrun-v2"))
+                let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                argv.first()
+                    .is_some_and(|a| text(a).contains("containerd-shim-vmrun-v2"))
+                    && argv
+                        .windows(2)
+                        .any(|w| w[0] == b"-namespace" && w[1] == self.ns.as_bytes())
             })
             .collect()
     }

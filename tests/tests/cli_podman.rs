@@ -105,15 +105,7 @@ fn podman_run_exec_stop_rm_through_vmrun() {
     assert!(stdout.starts_with("hi from "), "{stdout}");
     assert_ne!(stdout.trim_start_matches("hi from ").trim(), host.trim());
 
-    let out = p.run(&[
-        "run",
-        "-d",
-        "--name",
-        "p1",
-        image,
-        "sleep",
-        "300",
-    ]);
+    let out = p.run(&["run", "-d", "--name", "p1", image, "sleep", "300"]);
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
     let out = p.run(&["exec", "p1", "sh", "-c", "echo exec-ok; exit 4"]);
     assert_eq!(out.status.code(), Some(4), "exec: {}", text(&out.stderr));

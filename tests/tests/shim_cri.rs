@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0
 
 //! A Kubernetes pod through containerd's CRI plugin with the `vmrun` runtime handler: the
-//! sandbox (pause) container and two containers in one VM, talking over localhost; ExecSync,
+//! sandbox (pause) container and two containers in one VM, talking over localhost; the pod's
+//! CNI address inside the VM and reached from the CNI bridge; ExecSync,
 //! the CRI log file, UpdateContainerResources, ContainerStats, Stop/RemovePodSandbox, and
 //! nothing left. The CRI client is Python grpcio (no crictl here) on the CRI `api.proto` that
 //! ships in the `k8s-cri` crate; the same lifecycle with runc gives the time comparison.
@@ -38,11 +39,25 @@ def ctr(name, args, caps=()):
     cid = rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=c, sandbox_config=pcfg), timeout=T).container_id
     rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=T)
     return cid
-# The guest agent does not bring up the pod netns's loopback yet: the server does (NET_ADMIN).
-server = ctr("server", "ip link set lo up; echo pong-from-server > /tmp/msg; while true; do nc -l -p 8080 < /tmp/msg; done", ["NET_ADMIN"])
+server = ctr("server", "echo pong-from-server > /tmp/msg; while true; do nc -l -p 8080 < /tmp/msg; done")
 t_first = time.time() - t0
 out("pod_to_first_container_ms", int(t_first * 1000))
 out("run_pod_sandbox_ms", int(t_sandbox * 1000))
+# The pod's CNI address: inside the pod (in the VM for vmrun), and reachable from the CNI
+# bridge, where this client runs (the test starts it in containerd's network namespace).
+ip = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sid), timeout=T).status.network.ip
+out("pod_ip", ip)
+r = rt.ExecSync(pb.ExecSyncRequest(container_id=server, cmd=["ip", "-4", "-o", "addr", "show"], timeout=60), timeout=T)
+out("pod_addrs", r.stdout.decode().replace("\n", "|"))
+import socket
+reply, deadline = "", time.time() + 60
+while not reply and time.time() < deadline:
+    try:
+        with socket.create_connection((ip, 8080), timeout=5) as s:
+            reply = s.makefile().readline().strip()
+    except OSError:
+        time.sleep(0.5)
+out("reached_pod", reply)
 client = ctr("client", "sleep 1; nc 127.0.0.1 8080; echo client-uname $(uname -r); exit 3")
 deadline = time.time() + T
 while True:
@@ -74,9 +89,8 @@ out("done", 1)
 /// The Python with grpcio and the CRI `api.proto`, both made by `scripts/setup` under
 /// `$VMRUN_CACHE` (default /var/cache/vmrun); `VMRUN_CRI_PYTHON` / `VMRUN_CRI_PROTO` override.
 fn cri_tools() -> Option<(PathBuf, PathBuf)> {
-    let cache = PathBuf::from(
-        std::env::var("VMRUN_CACHE").unwrap_or_else(|_| "/var/cache/vmrun".into()),
-    );
+    let cache =
+        PathBuf::from(std::env::var("VMRUN_CACHE").unwrap_or_else(|_| "/var/cache/vmrun".into()));
     let py = std::env::var("VMRUN_CRI_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| cache.join("cri-venv/bin/python"));
@@ -89,8 +103,10 @@ fn cri_tools() -> Option<(PathBuf, PathBuf)> {
 fn run_pod(c: &Containerd, py: &PathBuf, handler: &str) -> (bool, String) {
     let logdir = c.dir().join(format!("podlogs-{handler}"));
     std::fs::create_dir_all(&logdir).expect("logdir");
-    let mut cmd = Command::new(py);
-    cmd.arg(c.dir().join("cri/client.py"))
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", c.netns_path().display()))
+        .arg(py)
+        .arg(c.dir().join("cri/client.py"))
         .arg(c.socket())
         .arg(handler)
         .arg(&logdir);
@@ -144,6 +160,16 @@ fn cri_pod_lifecycle() {
         !log.contains(host.trim()),
         "the pod ran on the host kernel: {log}"
     );
+    // The pod's CNI interface is carried into the VM (tap + tc mirred) and reached from the
+    // CNI bridge.
+    let ip = value(&out, "pod_ip").concat();
+    assert!(ip.starts_with("10.250.251."), "pod ip: {ip:?}");
+    let addrs = value(&out, "pod_addrs").concat();
+    assert!(
+        addrs.contains(&format!("inet {ip}/24")),
+        "guest addresses: {addrs}"
+    );
+    assert_eq!(value(&out, "reached_pod"), ["pong-from-server"]);
     assert_eq!(value(&out, "exec_exit"), ["4"]);
     assert_eq!(value(&out, "exec_stdout"), ["exec-ok|pod-vmrun|"]);
     assert_eq!(value(&out, "update"), ["ok"]);
