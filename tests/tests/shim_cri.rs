@@ -3,7 +3,7 @@
 
 //! A Kubernetes pod through containerd's CRI plugin with the `vmrun` runtime handler: the
 //! sandbox (pause) container and two containers in one VM, talking over localhost; the pod's
-//! CNI address inside the VM and reached from the CNI bridge; ExecSync,
+//! CNI address inside the VM, reached from the CNI bridge and from a second pod; ExecSync,
 //! the CRI log file, UpdateContainerResources, ContainerStats, Stop/RemovePodSandbox, and
 //! nothing left. The CRI client is Python grpcio (no crictl here) on the CRI `api.proto` that
 //! ships in the `k8s-cri` crate; the same lifecycle with runc gives the time comparison.
@@ -32,11 +32,12 @@ pcfg = pb.PodSandboxConfig(metadata=meta, hostname="pod-" + handler, log_directo
 t0 = time.time()
 sid = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pcfg, runtime_handler=handler), timeout=T).pod_sandbox_id
 t_sandbox = time.time() - t0
-def ctr(name, args, caps=()):
+def ctr(name, args, caps=(), pod=None):
+    pod_id, pod_cfg = pod or (sid, pcfg)
     sec = pb.LinuxContainerSecurityContext(capabilities=pb.Capability(add_capabilities=list(caps)))
     c = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image="docker.io/library/vmrunbox:local"),
         command=["sh", "-c", args], log_path=name + ".log", linux=pb.LinuxContainerConfig(security_context=sec))
-    cid = rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=c, sandbox_config=pcfg), timeout=T).container_id
+    cid = rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=c, sandbox_config=pod_cfg), timeout=T).container_id
     rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=T)
     return cid
 server = ctr("server", "echo pong-from-server > /tmp/msg; while true; do nc -l -p 8080 < /tmp/msg; done")
@@ -58,6 +59,27 @@ while not reply and time.time() < deadline:
     except OSError:
         time.sleep(0.5)
 out("reached_pod", reply)
+def wait_exited(cid):
+    deadline = time.time() + T
+    while True:
+        st = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=T).status
+        if st.state == pb.CONTAINER_EXITED: return st.exit_code
+        if time.time() > deadline: raise SystemExit(f"{cid} never exited")
+        time.sleep(0.2)
+# A second pod of the same handler (its own VM for vmrun) reaches the first over the CNI bridge.
+meta2 = pb.PodSandboxMetadata(name="pod2-" + handler, uid=uid + "-2", namespace="default", attempt=0)
+pcfg2 = pb.PodSandboxConfig(metadata=meta2, hostname="pod2-" + handler, log_directory=logdir,
+    linux=pb.LinuxPodSandboxConfig(cgroup_parent="/vmrun-test/pod2" + uid.replace("-", "")))
+sid2 = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pcfg2, runtime_handler=handler), timeout=T).pod_sandbox_id
+peer = ctr("peer", f"nc {ip} 8080", pod=(sid2, pcfg2))
+out("second_pod_exit", wait_exited(peer))
+time.sleep(0.5)
+with open(os.path.join(logdir, "peer.log")) as f:
+    for line in f: out("second_pod_log", line.strip())
+rt.StopContainer(pb.StopContainerRequest(container_id=peer, timeout=2), timeout=T)
+rt.RemoveContainer(pb.RemoveContainerRequest(container_id=peer), timeout=T)
+rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid2), timeout=T)
+rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid2), timeout=T)
 client = ctr("client", "sleep 1; nc 127.0.0.1 8080; echo client-uname $(uname -r); exit 3")
 deadline = time.time() + T
 while True:
@@ -170,6 +192,12 @@ fn cri_pod_lifecycle() {
         "guest addresses: {addrs}"
     );
     assert_eq!(value(&out, "reached_pod"), ["pong-from-server"]);
+    assert_eq!(value(&out, "second_pod_exit"), ["0"]);
+    let second = value(&out, "second_pod_log").join("\n");
+    assert!(
+        second.contains("stdout F pong-from-server"),
+        "a second pod did not reach the first: {second}"
+    );
     assert_eq!(value(&out, "exec_exit"), ["4"]);
     assert_eq!(value(&out, "exec_stdout"), ["exec-ok|pod-vmrun|"]);
     assert_eq!(value(&out, "update"), ["ok"]);
