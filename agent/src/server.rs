@@ -122,6 +122,22 @@ impl health_ttrpc::Health for HealthService {
 #[derive(Debug, Clone)]
 pub struct AgentService(pub Arc<Agent>);
 
+impl AgentService {
+    /// The network calls change the interfaces, routes and neighbours of the network namespace
+    /// the agent runs in: the guest's, as PID 1. The host-side test mode refuses them, so that a
+    /// test never rewrites the host's own network.
+    fn guest_network(&self) -> ttrpc::Result<()> {
+        match self.0.mode {
+            Mode::Guest => Ok(()),
+            Mode::Test => Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "network calls are refused in the host-side test mode: they would change the \
+                 host's network",
+            )),
+        }
+    }
+}
+
 #[async_trait]
 impl agent_ttrpc::AgentService for AgentService {
     async fn create_sandbox(
@@ -337,6 +353,7 @@ impl agent_ttrpc::AgentService for AgentService {
         _ctx: &TtrpcContext,
         req: agent::UpdateInterfaceRequest,
     ) -> ttrpc::Result<agent::Interface> {
+        self.guest_network()?;
         let iface = req
             .interface
             .into_option()
@@ -368,6 +385,7 @@ impl agent_ttrpc::AgentService for AgentService {
         _ctx: &TtrpcContext,
         req: agent::UpdateRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
+        self.guest_network()?;
         let routes = req.routes.into_option().unwrap_or_default();
         let cfgs = routes
             .routes
@@ -396,6 +414,7 @@ impl agent_ttrpc::AgentService for AgentService {
         _ctx: &TtrpcContext,
         req: agent::AddArpNeighborsRequest,
     ) -> ttrpc::Result<Empty> {
+        self.guest_network()?;
         let cfgs = req
             .neighbors
             .iter()
