@@ -23,7 +23,8 @@
 //! `VMRUN_BENCH_GROUPS=startup,memory,io,fs,net` (comma-separated) runs only those groups.
 //!
 //! Not measured: the virtio-fs figures on QEMU (QEMU's `-kernel` on microvm boots bzImages and
-//! PVH ELF kernels; the kit programs have neither entry, only the 64-bit boot protocol).
+//! PVH ELF kernels; the kit programs have neither entry, only the 64-bit boot protocol; and QEMU
+//! would enter them at CPL 0, which PVM emulates and which dies on SSE, leaving only TCG).
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
