@@ -12,13 +12,29 @@
 //! - memory: the VMM's RSS minus the resident part of the guest-RAM mapping, while the guest
 //!   idles in a loop with a block, an rng and a vsock device attached;
 //! - vsock stream throughput both ways and blk sequential throughput and 4 KiB random-read IOPS,
-//!   measured inside the guest by the kit's `bench` program.
+//!   measured inside the guest by the kit's `bench` program;
+//! - virtio-fs sequential read and write throughput (64 KiB FUSE requests, one in flight)
+//!   against a real `virtiofsd` (from `$VMRUN_ARTIFACTS`) sharing a temporary directory,
+//!   measured by the guest and checked on the host (the written file's size);
+//! - virtio-net transmit rate: the guest sends frames as fast as it can (one in flight) to a tap
+//!   the bench creates in a private network namespace and passes as `--net fd=N`; the host
+//!   counts them in the tap's rx counter.
+//!
+//! `VMRUN_BENCH_GROUPS=startup,memory,io,fs,net` (comma-separated) runs only those groups.
+//!
+//! Not measured: the virtio-fs figures on QEMU (QEMU's `-kernel` on microvm boots bzImages and
+//! PVH ELF kernels; the kit programs have neither entry, only the 64-bit boot protocol; and QEMU
+//! would enter them at CPL 0, which PVM emulates and which dies on SSE, leaving only TCG).
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::process::Command;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vmrun_tests::vmm::{guest_elf, vsock_connect, TempDir, Vm};
+use vmrun_tests::{artifact, artifacts_dir};
 
 const QEMU: &str = "qemu-system-x86_64";
 
@@ -140,25 +156,177 @@ fn startup(n: usize, rows: &mut Vec<[String; 4]>) -> Result<()> {
     Ok(())
 }
 
-/// (total RSS, RSS of the guest-RAM mapping) in KiB, from /proc/<pid>/smaps.
-fn rss(pid: u32, guest_kib: u64) -> Result<(u64, u64)> {
+/// Resident memory of a process in KiB, from /proc/<pid>/smaps: total and guest-RAM mapping
+/// (the mapping whose size is the guest's), for RSS and PSS.
+#[derive(Default)]
+struct Resident {
+    rss: u64,
+    guest_rss: u64,
+    pss: u64,
+    guest_pss: u64,
+}
+
+fn resident(pid: u32, guest_kib: u64) -> Result<Resident> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
-    let (mut total, mut guest, mut size) = (0, 0, 0);
+    let mut r = Resident::default();
+    let mut size = 0;
     for line in smaps.lines() {
         let mut f = line.split_whitespace();
         match (f.next(), f.next()) {
             (Some("Size:"), Some(v)) => size = v.parse()?,
             (Some("Rss:"), Some(v)) => {
                 let v: u64 = v.parse()?;
-                total += v;
+                r.rss += v;
                 if size == guest_kib {
-                    guest += v;
+                    r.guest_rss += v;
+                }
+            }
+            (Some("Pss:"), Some(v)) => {
+                let v: u64 = v.parse()?;
+                r.pss += v;
+                if size == guest_kib {
+                    r.guest_pss += v;
                 }
             }
             _ => {}
         }
     }
-    Ok((total, guest))
+    Ok(r)
+}
+
+/// virtiofsd, killed on drop.
+struct Virtiofsd(Child);
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the artifacts' virtiofsd on `share` and waits for its socket.
+fn virtiofsd(sock: &Path, share: &Path) -> Result<Virtiofsd> {
+    let bin = artifacts_dir().join("virtiofsd");
+    if !bin.exists() {
+        bail!("{} is missing (scripts/setup installs it)", bin.display());
+    }
+    let d = Virtiofsd(
+        Command::new(artifact("virtiofsd"))
+            .arg("--socket-path")
+            .arg(sock)
+            .arg("--shared-dir")
+            .arg(share)
+            .args(["--sandbox", "none", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("spawn virtiofsd")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            bail!("virtiofsd created no socket");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(d)
+}
+
+/// A network namespace holding a tap (up, no address), deleted on drop.
+struct NetNs(String);
+
+const TAP: &str = "vmbench0";
+
+impl NetNs {
+    fn create() -> Result<Self> {
+        let ns = Self(format!("vmrun-vmmbench-{}", std::process::id()));
+        ip(&["netns", "add", &ns.0])?;
+        Ok(ns)
+    }
+
+    /// Creates the tap inside the namespace (on a thread that joined it) and sets it up.
+    fn tap(&self) -> Result<OwnedFd> {
+        let path = format!("/var/run/netns/{}", self.0);
+        let fd = std::thread::spawn(move || -> std::io::Result<OwnedFd> {
+            let ns = std::fs::File::open(&path)?;
+            // SAFETY: setns on a namespace fd we own; it changes this thread's network namespace.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")?;
+            // SAFETY: ifreq is plain data; all-zero is a valid value.
+            let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (d, s) in req.ifr_name.iter_mut().zip(TAP.bytes()) {
+                *d = s as libc::c_char;
+            }
+            req.ifr_ifru.ifru_flags = libc::c_short::try_from(libc::IFF_TAP | libc::IFF_NO_PI)
+                .map_err(std::io::Error::other)?;
+            // SAFETY: TUNSETIFF reads an ifreq that lives across the call.
+            if unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(OwnedFd::from(f))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))??;
+        ip(&["-n", &self.0, "link", "set", TAP, "up"])?;
+        Ok(fd)
+    }
+
+    /// The tap's rx packet counter (frames the VMM wrote into it).
+    fn tap_rx_packets(&self) -> Result<u64> {
+        let out = Command::new("ip")
+            .args(["-n", &self.0, "-s", "-j", "link", "show", TAP])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("ip -j output {:?}", String::from_utf8_lossy(&out.stdout)))?;
+        v[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .context("no rx packet counter")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A `vmrun-vmm` command for the kit's `bench` program that inherits `net_fd` (if any).
+fn bench_cmd(args: &[&str], net_fd: Option<RawFd>) -> Command {
+    let mut cmd = vmm_cmd(&["--kernel"]);
+    cmd.arg(guest_elf("bench")).arg("--test-payload").args(args);
+    if let Some(fd) = net_fd {
+        // SAFETY: the closure only calls fcntl(2), which is async-signal-safe; it clears
+        // FD_CLOEXEC on the tap fd in the child so that the VMM inherits it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+fn utf8(p: &Path) -> Result<&str> {
+    p.to_str().context("utf-8 path")
 }
 
 fn memory(rows: &mut Vec<[String; 4]>) -> Result<()> {
@@ -166,34 +334,131 @@ fn memory(rows: &mut Vec<[String; 4]>) -> Result<()> {
     let img = dir.join("disk.img");
     std::fs::File::create(&img)?.set_len(16 << 20)?;
     let uds = dir.join("v.sock");
-    let vm = Vm::spawn([
-        "--kernel",
-        guest_elf("bench").to_str().context("utf-8")?,
-        "--test-payload",
-        "--memory-mib",
-        "128",
-        "--cmdline",
-        "kit.mode=idle kit.idle_ms=3000",
-        "--block",
-        img.to_str().context("utf-8")?,
-        "--rng",
-        "--vsock-uds",
-        uds.to_str().context("utf-8")?,
-    ])?;
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share)?;
+    let fs_sock = dir.join("fs.sock");
+    let _fsd = virtiofsd(&fs_sock, &share)?;
+    let ns = NetNs::create()?;
+    let tap = ns.tap()?;
+    let net = format!("fd={}", tap.as_raw_fd());
+    let fs = format!("{},tag=bench", utf8(&fs_sock)?);
+    let cmd = bench_cmd(
+        &[
+            "--memory-mib",
+            "128",
+            "--cmdline",
+            "kit.mode=idle kit.idle_ms=3000",
+            "--block",
+            utf8(&img)?,
+            "--rng",
+            "--vsock-uds",
+            utf8(&uds)?,
+            "--fs",
+            &fs,
+            "--net",
+            &net,
+        ],
+        Some(tap.as_raw_fd()),
+    );
+    let vm = Vm::spawn_command(cmd)?;
     vm.wait_line("IDLE", Duration::from_secs(10))
         .context("guest did not reach IDLE")?;
     std::thread::sleep(Duration::from_millis(500));
-    let (total, guest) = rss(vm.pid(), 128 << 10)?;
+    let r = resident(vm.pid(), 128 << 10)?;
     let o = vm.wait(Duration::from_secs(10));
     if o.code() != Some(0) {
         bail!("idle run failed: {}", o.dump());
     }
+    let mib = |k: u64| format!("{:.2} MiB", k as f64 / 1024.0);
     rows.push([
-        "VMM RSS minus touched guest RAM, idle (blk+rng+vsock)".into(),
-        format!("{:.2} MiB", (total - guest) as f64 / 1024.0),
+        "VMM RSS minus touched guest RAM, idle (blk+rng+vsock+fs+net)".into(),
+        mib(r.rss - r.guest_rss),
         "-".into(),
-        format!("target <= 4 MiB (RSS {total} KiB, guest RAM resident {guest} KiB)"),
+        format!(
+            "target <= 4 MiB (RSS {} KiB, guest RAM resident {} KiB)",
+            r.rss, r.guest_rss
+        ),
     ]);
+    rows.push([
+        "VMM PSS minus guest RAM PSS, same run".into(),
+        mib(r.pss - r.guest_pss),
+        "-".into(),
+        format!("PSS {} KiB, guest RAM {} KiB", r.pss, r.guest_pss),
+    ]);
+    Ok(())
+}
+
+fn fs(rows: &mut Vec<[String; 4]>, mib: u64) -> Result<()> {
+    let dir = TempDir::new("bench-fs")?;
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share)?;
+    std::fs::write(
+        share.join("host.bin"),
+        vec![0x3cu8; usize::try_from(mib << 20)?],
+    )?;
+    let sock = dir.join("fs.sock");
+    let _fsd = virtiofsd(&sock, &share)?;
+    let fs = format!("{},tag=bench", utf8(&sock)?);
+    let cmdline = format!("kit.test=fs kit.fs_wmib={mib}");
+    let o = Vm::spawn_command(bench_cmd(
+        &["--memory-mib", "256", "--cmdline", &cmdline, "--fs", &fs],
+        None,
+    ))?
+    .wait(Duration::from_secs(300));
+    if o.code() != Some(0) {
+        bail!("fs bench failed: {}", o.dump());
+    }
+    let written = std::fs::metadata(share.join("guest.bin"))?.len();
+    if written != mib << 20 {
+        bail!("guest.bin has {written} bytes, expected {}", mib << 20);
+    }
+    for (k, v) in bench_lines(&o) {
+        rows.push([
+            format!("{k} ({mib} MiB, 64 KiB FUSE requests, virtiofsd, guest-measured)"),
+            v,
+            "not measured".into(),
+            "QEMU cannot load the kit ELF (no PVH note)".into(),
+        ]);
+    }
+    Ok(())
+}
+
+fn net(rows: &mut Vec<[String; 4]>, frames: u64) -> Result<()> {
+    let ns = NetNs::create()?;
+    let tap = ns.tap()?;
+    let before = ns.tap_rx_packets()?;
+    let net = format!("fd={}", tap.as_raw_fd());
+    let mut out = vec![];
+    for len in [64u64, 1514] {
+        let cmdline = format!("kit.test=net kit.net_frames={frames} kit.net_len={len}");
+        let o = Vm::spawn_command(bench_cmd(
+            &["--memory-mib", "128", "--cmdline", &cmdline, "--net", &net],
+            Some(tap.as_raw_fd()),
+        ))?
+        .wait(Duration::from_secs(300));
+        if o.code() != Some(0) {
+            bail!("net bench failed: {}", o.dump());
+        }
+        out.push((len, bench_lines(&o)));
+    }
+    // The bench keeps its own fd, so the tap and its counter outlive the VMMs.
+    let counted = ns.tap_rx_packets()? - before;
+    if counted < 2 * frames {
+        bail!(
+            "the tap counted {counted} frames, the guests sent {}",
+            2 * frames
+        );
+    }
+    for (len, lines) in out {
+        for (k, v) in lines {
+            rows.push([
+                format!("{k}, {len}-byte frames, guest -> tap (guest-measured)"),
+                v,
+                "-".into(),
+                format!("host tap rx counter: {counted} frames for both runs"),
+            ]);
+        }
+    }
     Ok(())
 }
 
@@ -312,14 +577,29 @@ fn main() -> Result<()> {
         .unwrap_or(16);
     let mut rows: Vec<[String; 4]> = Vec::new();
     let mut errors = Vec::new();
-    if let Err(e) = startup(n, &mut rows) {
-        errors.push(format!("start-up: {e:#}"));
-    }
-    if let Err(e) = memory(&mut rows) {
-        errors.push(format!("memory: {e:#}"));
-    }
-    if let Err(e) = io(&mut rows, vsock_mib) {
-        errors.push(format!("io: {e:#}"));
+    let groups = std::env::var("VMRUN_BENCH_GROUPS").ok();
+    let wanted = |g: &str| {
+        groups
+            .as_deref()
+            .is_none_or(|l| l.split(',').any(|x| x == g))
+    };
+    type Group<'a> = (
+        &'a str,
+        Box<dyn Fn(&mut Vec<[String; 4]>) -> Result<()> + 'a>,
+    );
+    let all: [Group; 5] = [
+        ("startup", Box::new(|r| startup(n, r))),
+        ("memory", Box::new(memory)),
+        ("io", Box::new(|r| io(r, vsock_mib))),
+        ("fs", Box::new(|r| fs(r, 64))),
+        ("net", Box::new(|r| net(r, 20_000))),
+    ];
+    for (name, f) in all {
+        if wanted(name) {
+            if let Err(e) = f(&mut rows) {
+                errors.push(format!("{name}: {e:#}"));
+            }
+        }
     }
     println!("| measurement | vmrun-vmm | QEMU microvm (KVM) | ratio / note |");
     println!("|---|---|---|---|");

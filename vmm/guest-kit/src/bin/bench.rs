@@ -4,7 +4,11 @@
 //! Measurements from inside the guest, printed as `BENCH <name> <value> <unit>` lines for
 //! `bench-vmm`: blk sequential read/write (64 KiB requests) and 4 KiB random-read IOPS on the
 //! first block device, and vsock stream throughput both ways (port 6000: host -> guest,
-//! `kit.vsock_mib=` MiB, answered by `done`; port 6001: guest -> host, then shutdown). `kit.test=` selects `blk` and/or `vsock`;
+//! `kit.vsock_mib=` MiB, answered by `done`; port 6001: guest -> host, then shutdown), virtio-fs
+//! sequential read of the shared `host.bin` and write of `kit.fs_wmib=` MiB to `guest.bin`
+//! (64 KiB FUSE requests, one in flight, write timed up to and including FSYNC), and virtio-net
+//! transmit rate (`kit.net_frames=` frames of `kit.net_len=` bytes, one in flight, broadcast
+//! with the local-experimental ethertype 0x88b5). `kit.test=` selects `blk`, `vsock`, `fs`, `net`;
 //! `kit.mode=idle` instead announces `IDLE` and spins (no exits) for `kit.idle_ms=` so the host
 //! can measure the VMM's memory at rest.
 
@@ -17,11 +21,14 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
+use virtio_drivers::device::net::VirtIONet;
 use virtio_drivers::transport::mmio::MmioTransport;
 use vmrun_guest_kit::arch::{Deadline, micros_since, rdtsc};
 use vmrun_guest_kit::cmdline::{kit_number, kit_value};
+use vmrun_guest_kit::fuse::{Fuse, MAX_IO, ROOT};
 use vmrun_guest_kit::hal::IdentityHal;
 use vmrun_guest_kit::mmio::{find, id, transport};
+use vmrun_guest_kit::rawq::RawQueue;
 use vmrun_guest_kit::report::Report;
 use vmrun_guest_kit::vsock::Vsock;
 use vmrun_guest_kit::{kit_main, pattern, println};
@@ -41,6 +48,8 @@ fn run(bp: u64) -> ! {
     }
     r.run("blk", || blk(cmdline));
     r.run("vsock", || vsock(cmdline));
+    r.run("fs", || fs(cmdline));
+    r.run("net", || net(cmdline));
     r.finish()
 }
 
@@ -139,4 +148,78 @@ fn vsock(cmdline: &str) -> Result<(), String> {
     println!("BENCH vsock_g2h {}.{:02} MiB/s", r / 100, r % 100);
     vs.shutdown(c)?;
     vs.wait_closed(c, deadline)
+}
+
+fn fs(cmdline: &str) -> Result<(), String> {
+    let dev = find(cmdline, id::FS, 0)?;
+    dev.regs.begin_init(0)?;
+    let _hiprio = RawQueue::setup(dev.regs, 0, 8)?;
+    let req = RawQueue::setup(dev.regs, 1, 16)?;
+    dev.regs.driver_ok()?;
+    let mut fuse = Fuse::new(req);
+    fuse.init()?;
+    let (node, attr) = fuse.lookup(ROOT, "host.bin")?;
+    let fh = fuse.open(node, 0, false)?;
+    let mut off = 0u64;
+    let start = rdtsc();
+    loop {
+        let n = fuse.read(node, fh, off, MAX_IO as u32, false)?.len();
+        if n == 0 {
+            break;
+        }
+        off += n as u64;
+    }
+    let us = micros_since(start);
+    fuse.release(node, fh, false)?;
+    if off != attr.size {
+        return Err(format!("read {off} bytes of a {}-byte host.bin", attr.size));
+    }
+    let r = rate(off, us);
+    println!("BENCH fs_seq_read {}.{:02} MiB/s", r / 100, r % 100);
+    // O_RDWR | O_CREAT | O_TRUNC, mode 0644.
+    let (node, _, fh) = fuse.create(ROOT, "guest.bin", 0o1102, 0o100_644)?;
+    let total = kit_number(cmdline, "fs_wmib").unwrap_or(16) << 20;
+    let mut buf = vec![0u8; MAX_IO];
+    pattern::fill(9, 0, &mut buf);
+    let mut off = 0u64;
+    let start = rdtsc();
+    while off < total {
+        let done = fuse.write(node, fh, off, &buf)?;
+        if done as usize != buf.len() {
+            return Err(format!("WRITE at {off}: {done} bytes"));
+        }
+        off += buf.len() as u64;
+    }
+    fuse.fsync(node, fh)?;
+    let us = micros_since(start);
+    fuse.release(node, fh, false)?;
+    let r = rate(off, us);
+    println!("BENCH fs_seq_write {}.{:02} MiB/s", r / 100, r % 100);
+    Ok(())
+}
+
+fn net(cmdline: &str) -> Result<(), String> {
+    let t = transport(&find(cmdline, id::NET, 0)?)?;
+    let mut dev = VirtIONet::<IdentityHal, MmioTransport<'static>, 16>::new(t, 2048)
+        .map_err(|e| format!("init: {e}"))?;
+    let mac = dev.mac_address();
+    let n = kit_number(cmdline, "net_frames").unwrap_or(20_000);
+    let len = usize::try_from(kit_number(cmdline, "net_len").unwrap_or(64))
+        .map_err(|_| String::from("net_len"))?
+        .clamp(60, 1514);
+    let mut frame = vec![0u8; len];
+    frame[..6].fill(0xff);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    let start = rdtsc();
+    for i in 0..n {
+        frame[14..22].copy_from_slice(&i.to_le_bytes());
+        let mut tx = dev.new_tx_buffer(len);
+        tx.packet_mut().copy_from_slice(&frame);
+        dev.send(tx).map_err(|e| format!("send #{i}: {e}"))?;
+    }
+    let us = micros_since(start).max(1);
+    println!("BENCH net_tx {} frames/s", n * 1_000_000 / us);
+    println!("INFO net sent {n} frames of {len} bytes");
+    Ok(())
 }
