@@ -26,7 +26,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use vmrun_netlink::{Mode, Netlink, NetlinkError};
+use self::netlink::{Mode, Netlink, NetlinkError};
 
 /// The main routing table.
 const RT_TABLE_MAIN: u8 = 254;
@@ -481,5 +481,136 @@ mod tests {
         assert!(route_config("fd00::/64", "", "eth0", "", 300).is_err());
         assert!(neighbour_config("10.0.0.1", "02:00:00:00:00:01", "eth0").is_ok());
         assert!(neighbour_config("10.0.0.1", "02:00:00:00:00:01", "").is_err());
+    }
+}
+
+/// The synchronous rtnetlink client (the same shape as the runtime's).
+mod netlink {
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+        NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    };
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+    /// Errors from the netlink socket.
+    #[derive(Debug, thiserror::Error)]
+    pub enum NetlinkError {
+        /// The socket could not be opened, bound, written or read.
+        #[error("netlink socket: {0}")]
+        Io(#[from] std::io::Error),
+        /// The kernel refused a request.
+        #[error("netlink {what}: {source}")]
+        Refused {
+            /// The request.
+            what: String,
+            /// The kernel's errno.
+            source: std::io::Error,
+        },
+        /// An answer could not be decoded.
+        #[error("netlink {what}: cannot decode the kernel's answer: {detail}")]
+        Decode {
+            /// The request.
+            what: String,
+            /// The decoder's message.
+            detail: String,
+        },
+    }
+
+    /// How a request changes the kernel's tables.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Mode {
+        /// A dump (`NLM_F_DUMP`).
+        Dump,
+        /// Create, failing if it exists (`NLM_F_CREATE | NLM_F_EXCL`).
+        Create,
+        /// Create or replace (`NLM_F_CREATE | NLM_F_REPLACE`).
+        Replace,
+        /// Change or delete an existing object.
+        Change,
+    }
+
+    /// An rtnetlink socket in the calling thread's network namespace.
+    #[derive(Debug)]
+    pub struct Netlink {
+        socket: Socket,
+        seq: u32,
+    }
+
+    impl Netlink {
+        /// Opens and binds the socket.
+        pub fn open() -> Result<Self, NetlinkError> {
+            let mut socket = Socket::new(NETLINK_ROUTE)?;
+            socket.bind_auto()?;
+            socket.connect(&SocketAddr::new(0, 0))?;
+            Ok(Self { socket, seq: 0 })
+        }
+
+        /// Sends `msg` and collects every answer until the acknowledgement (or the end of a dump).
+        pub fn request(
+            &mut self,
+            what: &str,
+            msg: RouteNetlinkMessage,
+            mode: Mode,
+        ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+            self.seq = self.seq.wrapping_add(1);
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST
+                | match mode {
+                    Mode::Dump => NLM_F_DUMP,
+                    Mode::Create => NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                    Mode::Replace => NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                    Mode::Change => NLM_F_ACK,
+                };
+            header.sequence_number = self.seq;
+            let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+            packet.finalize();
+            let mut buf = vec![0u8; packet.buffer_len()];
+            packet.serialize(&mut buf);
+            self.socket.send(&buf, 0)?;
+
+            let mut answers = Vec::new();
+            let decode = |detail: String| NetlinkError::Decode {
+                what: what.to_owned(),
+                detail,
+            };
+            loop {
+                let (data, _) = self.socket.recv_from_full()?;
+                let mut offset = 0;
+                while offset < data.len() {
+                    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                        .map_err(|e| decode(e.to_string()))?;
+                    let len = usize::try_from(msg.header.length).unwrap_or(0);
+                    if len == 0 {
+                        return Err(decode("zero-length message".to_owned()));
+                    }
+                    offset += (len + 3) & !3;
+                    if msg.header.sequence_number != self.seq {
+                        continue;
+                    }
+                    match msg.payload {
+                        NetlinkPayload::Done(_) => return Ok(answers),
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => Ok(answers),
+                                Some(code) => Err(NetlinkError::Refused {
+                                    what: what.to_owned(),
+                                    source: std::io::Error::from_raw_os_error(-code.get()),
+                                }),
+                            };
+                        }
+                        NetlinkPayload::InnerMessage(m) => {
+                            answers.push(m);
+                            if mode != Mode::Dump {
+                                // An echoed object; the ACK follows.
+                                continue;
+                            }
+                        }
+                        NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 }
