@@ -13,7 +13,17 @@ use std::process::Command;
 
 /// Programs of the kit, by binary name.
 const PROGRAMS: &[&str] = &[
-    "boot", "mmio", "blk", "rng", "vsock", "fs", "net", "bench", "tiny-pvh", "tiny-64",
+    "boot",
+    "mmio",
+    "blk",
+    "rng",
+    "vsock",
+    "fs",
+    "net",
+    "bench",
+    "bench-pvh",
+    "tiny-pvh",
+    "tiny-64",
 ];
 
 fn target_dir(out_dir: &Path) -> PathBuf {

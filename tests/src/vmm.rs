@@ -31,11 +31,30 @@ pub fn guest_elf(name: &str) -> PathBuf {
         "fs" => env!("GUEST_ELF_FS"),
         "net" => env!("GUEST_ELF_NET"),
         "bench" => env!("GUEST_ELF_BENCH"),
+        "bench-pvh" => env!("GUEST_ELF_BENCH_PVH"),
         "tiny-pvh" => env!("GUEST_ELF_TINY_PVH"),
         "tiny-64" => env!("GUEST_ELF_TINY_64"),
         other => panic!("no guest test program named {other}"),
     };
     PathBuf::from(path)
+}
+
+/// The host's TSC frequency in kHz, measured once against `CLOCK_MONOTONIC` over 100 ms.
+///
+/// Kit programs time themselves with `rdtsc`, which under PVM and under QEMU's TCG reads the
+/// host's TSC, while CPUID leaves 0x15/0x16 are often empty (this machine's are), so the
+/// benchmarks pass this as `kit.tsc_khz=`; without it the kit assumes 2 GHz.
+pub fn host_tsc_khz() -> u64 {
+    static KHZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
+        let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+        let (t0, c0) = (Instant::now(), tsc());
+        std::thread::sleep(Duration::from_millis(100));
+        let (c1, t1) = (tsc(), Instant::now());
+        let micros = u64::try_from(t1.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
+        c1.wrapping_sub(c0).saturating_mul(1000) / micros.max(1)
+    })
 }
 
 /// The `vmrun-vmm` binary built alongside the running test (in `<profile>/deps`) or benchmark

@@ -5,6 +5,7 @@
 //! exit), the TSC and the current privilege level.
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes one byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
@@ -58,8 +59,22 @@ pub fn lar(selector: u16) -> Option<u32> {
     (ok != 0).then_some((rights & 0xffff_ffff) as u32)
 }
 
-/// The TSC frequency in Hz from CPUID 0x15/0x16, else an assumed 2 GHz (this machine's).
+/// The TSC frequency the host passed (`kit.tsc_khz=`), 0 until [`set_tsc_khz`].
+static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+
+/// Uses `khz` as the TSC frequency from now on (the host measured it; under PVM and TCG the
+/// guest reads the host's TSC, and CPUID 0x15/0x16 are often empty).
+pub fn set_tsc_khz(khz: u64) {
+    TSC_KHZ.store(khz, Ordering::Relaxed);
+}
+
+/// The TSC frequency in Hz: the host's `kit.tsc_khz=`, else CPUID 0x15/0x16, else an assumed
+/// 2 GHz.
 pub fn tsc_hz() -> u64 {
+    let khz = TSC_KHZ.load(Ordering::Relaxed);
+    if khz != 0 {
+        return khz * 1000;
+    }
     let max = core::arch::x86_64::__cpuid(0).eax;
     if max >= 0x15 {
         let r = core::arch::x86_64::__cpuid(0x15);

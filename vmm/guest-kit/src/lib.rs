@@ -13,8 +13,8 @@
 //! identity-mapped `Hal` for `virtio-drivers` ([`hal`]), boot_params/e820/command-line readers
 //! ([`boot`], [`cmdline`]), the MP table parser ([`mptable`]), raw virtio-mmio registers and a
 //! minimal split virtqueue for protocol and hostile-input tests ([`mmio`], [`rawq`]), a FUSE
-//! client for virtio-fs ([`fuse`]), and the
-//! PASS/FAIL bookkeeping ([`report`]).
+//! client for virtio-fs ([`fuse`]), a PVH entry for QEMU ([`pvh`]), and the PASS/FAIL
+//! bookkeeping ([`report`]).
 
 #![no_std]
 
@@ -32,6 +32,7 @@ pub mod mem;
 pub mod mmio;
 pub mod mptable;
 pub mod pattern;
+pub mod pvh;
 pub mod rawq;
 pub mod report;
 pub mod serial;

@@ -25,6 +25,9 @@ impl Report {
     pub fn start(boot_params: u64) -> Self {
         let boot = BootParams::new(boot_params);
         let cmdline = boot.and_then(|b| b.cmdline()).unwrap_or("");
+        if let Some(khz) = crate::cmdline::kit_number(cmdline, "tsc_khz") {
+            crate::arch::set_tsc_khz(khz);
+        }
         Self {
             cmdline,
             boot,
