@@ -9,7 +9,8 @@
 //! (64 KiB FUSE requests, one in flight, write timed up to and including FSYNC; first the mean
 //! cost of a QueueNotify write, the exit every request pays), and virtio-net
 //! transmit rate (`kit.net_frames=` frames of `kit.net_len=` bytes, one in flight, broadcast
-//! with the local-experimental ethertype 0x88b5). `kit.test=` selects `blk`, `vsock`, `fs`, `net`;
+//! with the local-experimental ethertype 0x88b5) and receive rate (`kit.net_rx=` such frames
+//! the host sends after `INFO net rx-ready`). `kit.test=` selects `blk`, `vsock`, `fs`, `net`;
 //! `kit.mode=idle` instead announces `IDLE` and spins (no exits) for `kit.idle_ms=` so the host
 //! can measure the VMM's memory at rest.
 
@@ -217,15 +218,56 @@ fn net(cmdline: &str) -> Result<(), String> {
     frame[..6].fill(0xff);
     frame[6..12].copy_from_slice(&mac);
     frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-    let start = rdtsc();
-    for i in 0..n {
-        frame[14..22].copy_from_slice(&i.to_le_bytes());
-        let mut tx = dev.new_tx_buffer(len);
-        tx.packet_mut().copy_from_slice(&frame);
-        dev.send(tx).map_err(|e| format!("send #{i}: {e}"))?;
+    if n > 0 {
+        let start = rdtsc();
+        for i in 0..n {
+            frame[14..22].copy_from_slice(&i.to_le_bytes());
+            let mut tx = dev.new_tx_buffer(len);
+            tx.packet_mut().copy_from_slice(&frame);
+            dev.send(tx).map_err(|e| format!("send #{i}: {e}"))?;
+        }
+        let us = micros_since(start).max(1);
+        println!("BENCH net_tx {} frames/s", n * 1_000_000 / us);
+        println!("INFO net sent {n} frames of {len} bytes");
     }
-    let us = micros_since(start).max(1);
-    println!("BENCH net_tx {} frames/s", n * 1_000_000 / us);
-    println!("INFO net sent {n} frames of {len} bytes");
+    match kit_number(cmdline, "net_rx") {
+        Some(want) if want > 0 => net_rx(&mut dev, want),
+        _ => Ok(()),
+    }
+}
+
+/// Receives `want` frames of ethertype 0x88b5 that the host sends through the tap as fast as
+/// it can (after `INFO net rx-ready`); the rate is counted from the first frame to the last.
+/// Other frames (the host's own IPv6 chatter) are recycled and not counted.
+fn net_rx(
+    dev: &mut VirtIONet<IdentityHal, MmioTransport<'static>, 16>,
+    want: u64,
+) -> Result<(), String> {
+    println!("INFO net rx-ready");
+    let deadline = Deadline::after_ms(60_000);
+    let (mut got, mut first) = (0u64, None);
+    while got < want {
+        match dev.receive() {
+            Ok(buf) => {
+                let ours = buf.packet().get(12..14) == Some(&[0x88, 0xb5][..]);
+                dev.recycle_rx_buffer(buf)
+                    .map_err(|e| format!("recycle: {e}"))?;
+                if ours {
+                    got += 1;
+                    first.get_or_insert_with(rdtsc);
+                }
+            }
+            Err(virtio_drivers::Error::NotReady) => {
+                if deadline.expired() {
+                    return Err(format!("received {got} of {want} frames within 60 s"));
+                }
+                core::hint::spin_loop();
+            }
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+    }
+    let us = first.map_or(1, micros_since).max(1);
+    println!("BENCH net_rx {} frames/s", (got - 1) * 1_000_000 / us);
+    println!("INFO net received {got} frames");
     Ok(())
 }
