@@ -57,6 +57,55 @@ pub fn host_tsc_khz() -> u64 {
     })
 }
 
+/// QEMU's microvm as every comparison here runs it: no option ROMs, RTC, PIT or PIC, COM1 on
+/// stdio, no reboot (a guest reset ends QEMU), `isa-debug-exit` on the kit's exit port 0xf4
+/// (status `(v << 1) | 1`), one vCPU (`host` under KVM, `max` under TCG). `accel` is `kvm` or
+/// `tcg`. The caller adds `-kernel` and what else the guest needs.
+pub fn qemu_microvm(accel: &str, memory_mib: u32) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on",
+        "-accel",
+        accel,
+        "-cpu",
+        if accel == "kvm" { "host" } else { "max" },
+        "-m",
+        &memory_mib.to_string(),
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=1",
+    ]);
+    c
+}
+
+/// The kit's `bench-pvh` on QEMU microvm under TCG with a `vhost-user-fs-device` (tag `tag`)
+/// on the vhost-user socket `sock`, guest RAM in a shared memfd (the back-end maps it), no
+/// ACPI (so QEMU appends `virtio_mmio.device=` to `cmdline`). TCG because PVH enters at CPL 0,
+/// which PVM only emulates (docs/vmm.md, Benchmark).
+pub fn qemu_kit_fs(sock: &Path, tag: &str, memory_mib: u32, cmdline: &str) -> Command {
+    let mut c = qemu_microvm("tcg", memory_mib);
+    c.args(["-machine", "acpi=off,memory-backend=mem", "-object"])
+        .arg(format!(
+            "memory-backend-memfd,id=mem,size={memory_mib}M,share=on"
+        ))
+        .args(["-global", "virtio-mmio.force-legacy=false", "-chardev"])
+        .arg(format!("socket,id=fs0,path={}", sock.display()))
+        .args(["-device"])
+        .arg(format!("vhost-user-fs-device,chardev=fs0,tag={tag}"))
+        .arg("-kernel")
+        .arg(guest_elf("bench-pvh"))
+        .args(["-append", cmdline]);
+    c
+}
+
 /// The `vmrun-vmm` binary built alongside the running test (in `<profile>/deps`) or benchmark
 /// binary (in `<profile>` itself).
 pub fn vmm_bin() -> PathBuf {

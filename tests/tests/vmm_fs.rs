@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use vmrun_tests::vmm::{api, guest_elf, pattern, TempDir, Vm};
+use vmrun_tests::vmm::{api, guest_elf, pattern, qemu_kit_fs, TempDir, Vm};
 use vmrun_tests::{artifact, require_kvm};
 
 const SIZE: u64 = (1 << 20) + 12_345;
@@ -217,37 +217,7 @@ fn kit_fs_bench_on_qemu_vhost_user_fs() {
     let share = prepare_share(&dir);
     let sock = dir.join("fs.sock");
     let _daemon = start_virtiofsd(&bin, &sock, &share);
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-M",
-        "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on,acpi=off,memory-backend=mem",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        "256",
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-global",
-        "virtio-mmio.force-legacy=false",
-        "-chardev",
-        &format!("socket,id=fs0,path={}", sock.display()),
-        "-device",
-        "vhost-user-fs-device,chardev=fs0,tag=kitfs",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=1",
-        "-kernel",
-        guest_elf("bench-pvh").to_str().expect("utf-8"),
-        "-append",
-        "kit.test=fs kit.fs_wmib=2",
-    ]);
+    let qemu = qemu_kit_fs(&sock, "kitfs", 256, "kit.test=fs kit.fs_wmib=2");
     let out = Vm::spawn_command(qemu)
         .expect("spawn qemu-system-x86_64")
         .wait(Duration::from_secs(120));

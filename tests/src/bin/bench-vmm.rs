@@ -38,10 +38,10 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use vmrun_tests::vmm::{guest_elf, host_tsc_khz, vsock_connect, TempDir, Vm};
+use vmrun_tests::vmm::{
+    guest_elf, host_tsc_khz, qemu_kit_fs, qemu_microvm, vsock_connect, TempDir, Vm,
+};
 use vmrun_tests::{artifact, artifacts_dir};
-
-const QEMU: &str = "qemu-system-x86_64";
 
 /// A kit command line: `words` plus the host's TSC rate for the guest's clock.
 fn kit_cmdline(words: &str) -> String {
@@ -73,29 +73,8 @@ fn vmm_cmd(args: &[&str]) -> Command {
 }
 
 fn qemu_cmd(kernel: &str) -> Command {
-    let mut c = Command::new(QEMU);
-    c.args([
-        "-M",
-        "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host",
-        "-m",
-        "64",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=1",
-        "-kernel",
-        kernel,
-    ]);
+    let mut c = qemu_microvm("kvm", 64);
+    c.args(["-kernel", kernel]);
     c
 }
 
@@ -450,46 +429,6 @@ fn memory(rows: &mut Vec<[String; 4]>) -> Result<()> {
     Ok(())
 }
 
-/// QEMU microvm with the kit's `bench-pvh` on a vhost-user-fs-device at `sock` (see the
-/// module documentation for why TCG).
-fn qemu_fs_cmd(sock: &Path, cmdline: &str) -> Result<Command> {
-    let mut c = Command::new(QEMU);
-    c.args([
-        "-M",
-        "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on,acpi=off,memory-backend=mem",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        "256",
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-global",
-        "virtio-mmio.force-legacy=false",
-        "-chardev",
-    ])
-    .arg(format!("socket,id=fs0,path={}", utf8(sock)?))
-    .args([
-        "-device",
-        "vhost-user-fs-device,chardev=fs0,tag=bench",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=1",
-        "-kernel",
-    ])
-    .arg(guest_elf("bench-pvh"))
-    .args(["-append", cmdline]);
-    Ok(c)
-}
-
 /// One virtio-fs run against a fresh virtiofsd on `share`: the guest's `BENCH` lines, after
 /// checking the exit status and the size of the file the guest wrote.
 fn fs_run(dir: &Path, share: &Path, mib: u64, qemu: bool) -> Result<Vec<(String, String)>> {
@@ -500,7 +439,7 @@ fn fs_run(dir: &Path, share: &Path, mib: u64, qemu: bool) -> Result<Vec<(String,
     let cmdline = kit_cmdline(&format!("kit.test=fs kit.fs_wmib={mib}"));
     let (cmd, ok) = if qemu {
         // isa-debug-exit turns the guest's 0 into status (0 << 1) | 1.
-        (qemu_fs_cmd(&sock, &cmdline)?, 1)
+        (qemu_kit_fs(&sock, "bench", 256, &cmdline), 1)
     } else {
         let fs = format!("{},tag=bench", utf8(&sock)?);
         let args = ["--memory-mib", "256", "--cmdline", &cmdline, "--fs", &fs];
