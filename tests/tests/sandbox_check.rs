@@ -67,6 +67,8 @@ fn vmrun_check_boot_boots_a_sandbox_and_reports_the_agent() {
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert_cleaned_up(root.path(), "none", &[]);
+    // The (empty) sandbox directory `vmrun` created, so that the test root goes too.
+    std::fs::remove_dir(root.path().join("@sandboxes")).expect("remove @sandboxes");
 }
 
 #[test]
