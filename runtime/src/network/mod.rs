@@ -22,7 +22,7 @@
 //! For a containerd shim: call [`PodNetwork::setup`] with the sandbox's netns path, or set
 //! [`crate::sandbox::SandboxConfig::netns`] and let [`crate::sandbox::Sandbox::start`] do it.
 
-pub mod netlink;
+pub use vmrun_netlink as netlink;
 pub mod netns;
 pub mod tap;
 pub mod tc;

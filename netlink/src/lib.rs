@@ -4,11 +4,12 @@
 //! A small synchronous rtnetlink client: one request, its answers, its acknowledgement.
 //!
 //! The socket belongs to the network namespace of the thread that opened it, so a caller that
-//! entered a pod's namespace (see [`super::netns`]) talks to that namespace's kernel tables.
+//! entered a pod's namespace talks to that namespace's kernel tables. The runtime uses it in the
+//! pod's namespace on the host (taps, tc filters), the agent in the guest (interfaces, routes).
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -54,6 +55,8 @@ pub enum Mode {
     Dump,
     /// Create, failing if it exists (`NLM_F_CREATE | NLM_F_EXCL`).
     Create,
+    /// Create or replace (`NLM_F_CREATE | NLM_F_REPLACE`).
+    Replace,
     /// Change or delete an existing object.
     Change,
 }
@@ -87,6 +90,7 @@ impl Netlink {
             | match mode {
                 Mode::Dump => NLM_F_DUMP,
                 Mode::Create => NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                Mode::Replace => NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                 Mode::Change => NLM_F_ACK,
             };
         header.sequence_number = self.seq;
