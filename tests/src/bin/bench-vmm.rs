@@ -294,7 +294,7 @@ impl NetNs {
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_family = u16::try_from(libc::AF_PACKET).map_err(std::io::Error::other)?;
             addr.sll_ifindex = i32::try_from(index).map_err(std::io::Error::other)?;
             let len = u32::try_from(std::mem::size_of::<libc::sockaddr_ll>())
                 .map_err(std::io::Error::other)?;
