@@ -16,7 +16,7 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -340,6 +340,13 @@ pub fn update_interface(cfg: &InterfaceConfig) -> Result<u32, NetError> {
         msg.header.index = index;
         msg.attributes.push(AddressAttribute::Local(*ip));
         msg.attributes.push(AddressAttribute::Address(*ip));
+        if ip.is_ipv6() {
+            // The pod's network already validated the address (it is the pod interface's, in
+            // the pod namespace); duplicate address detection here would only leave it
+            // "tentative", and unusable as a source, for the first second.
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         nl.request(
             &format!("add address {ip}/{len}"),
             RouteNetlinkMessage::NewAddress(msg),

@@ -25,6 +25,14 @@ pub const PREFIX: u32 = 24;
 pub const MTU: u32 = 1400;
 /// An extra route of the pod namespace, through the peer.
 pub const EXTRA_ROUTE: &str = "10.99.0.0/16";
+/// The pod side's IPv6 address (the link is dual-stack).
+pub const POD_IP6: &str = "fd00:200::2";
+/// The peer's IPv6 address.
+pub const PEER_IP6: &str = "fd00:200::1";
+/// The IPv6 prefix length of the link.
+pub const PREFIX6: u32 = 64;
+/// An extra IPv6 route of the pod namespace, through the peer.
+pub const EXTRA_ROUTE6: &str = "fd00:99::/48";
 /// A permanent neighbour entry of the pod namespace.
 pub const NEIGH_IP: &str = "10.200.0.5";
 /// Its MAC.
@@ -54,9 +62,10 @@ pub fn ip(args: &[&str]) -> Output {
 }
 
 impl TestNet {
-    /// Creates the namespaces: in the pod, `eth0` (MAC [`POD_MAC`], [`POD_IP`]/24, MTU
-    /// [`MTU`]), default route and [`EXTRA_ROUTE`] via [`PEER_IP`], a permanent neighbour; in
-    /// the peer, `eth0` with [`PEER_IP`]/24 and loopback.
+    /// Creates the namespaces: in the pod, `eth0` (MAC [`POD_MAC`], [`POD_IP`]/24 and
+    /// [`POD_IP6`]/64, MTU [`MTU`]), default route and [`EXTRA_ROUTE`] via [`PEER_IP`],
+    /// [`EXTRA_ROUTE6`] via [`PEER_IP6`], a permanent neighbour; in the peer, `eth0` with
+    /// [`PEER_IP`]/24, [`PEER_IP6`]/64 and loopback.
     pub fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
@@ -105,6 +114,23 @@ impl TestNet {
             "nud",
             "permanent",
         ]);
+        // IPv6 without duplicate address detection, so the addresses are usable at once.
+        let pod6 = format!("{POD_IP6}/{PREFIX6}");
+        let peer6 = format!("{PEER_IP6}/{PREFIX6}");
+        ip(&["-n", pod, "addr", "add", &pod6, "dev", "eth0", "nodad"]);
+        ip(&[
+            "-n",
+            pod,
+            "-6",
+            "route",
+            "add",
+            EXTRA_ROUTE6,
+            "via",
+            PEER_IP6,
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", peer, "addr", "add", &peer6, "dev", "eth0", "nodad"]);
         ip(&["-n", peer, "addr", "add", &peer_cidr, "dev", "eth0"]);
         ip(&["-n", peer, "link", "set", "lo", "up"]);
         ip(&["-n", peer, "link", "set", "eth0", "up"]);
@@ -190,13 +216,23 @@ impl TestNet {
 
     /// Starts busybox httpd in the peer namespace on `PEER_IP:port`, serving `dir`.
     pub fn peer_httpd(&self, dir: &std::path::Path, port: u16) -> Server {
+        self.peer_httpd_on(PEER_IP, dir, port)
+    }
+
+    /// Starts busybox httpd in the peer namespace on `addr` (IPv4 or IPv6), port `port`.
+    pub fn peer_httpd_on(&self, addr: &str, dir: &std::path::Path, port: u16) -> Server {
+        let listen = if addr.contains(':') {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        };
         let child = self
             .in_peer(&[
                 "busybox",
                 "httpd",
                 "-f",
                 "-p",
-                &format!("{PEER_IP}:{port}"),
+                &listen,
                 "-h",
                 &dir.to_string_lossy(),
             ])

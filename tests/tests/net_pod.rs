@@ -11,7 +11,10 @@
 use std::time::{Duration, Instant};
 
 use vmrun_tests::cli::{busybox_bundle, require_cli_artifacts, text, BundleOpts, CliEnv};
-use vmrun_tests::net::{join_netns, TestNet, EXTRA_ROUTE, MTU, NEIGH_IP, PEER_IP, POD_IP, POD_MAC};
+use vmrun_tests::net::{
+    join_netns, TestNet, EXTRA_ROUTE, EXTRA_ROUTE6, MTU, NEIGH_IP, PEER_IP, PEER_IP6, POD_IP,
+    POD_IP6, POD_MAC,
+};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -39,11 +42,14 @@ echo "LINKS $(ls /sys/class/net | tr '\n' ' ')"
 echo "MAC $(cat /sys/class/net/eth0/address)"
 echo "MTU $(cat /sys/class/net/eth0/mtu)"
 ip -o -4 addr show dev eth0 | sed 's/^/ADDR /'
+ip -o -6 addr show dev eth0 scope global | sed 's/^/ADDR6 /'
 ip route | sed 's/^/ROUTE /'
+ip -6 route | sed 's/^/ROUTE6 /'
 ip neigh show | sed 's/^/NEIGH /'
 echo "RESOLV $(cat /etc/resolv.conf)"
 echo "HOSTS $(grep vmrun-pod /etc/hosts)"
 body=$(printf 'GET /hello.txt HTTP/1.0\r\n\r\n' | nc PEER 8080 | tail -n 1) && echo "FETCHED $body"
+body=$(printf 'GET /hello.txt HTTP/1.0\r\n\r\n' | nc V6PEER 8082 | tail -n 1) && echo "FETCHED6 $body"
 mkdir -p /tmp/www && echo from-the-vm > /tmp/www/index.html
 echo SERVING
 exec httpd -f -p 8081 -h /tmp/www
@@ -60,13 +66,16 @@ fn container_in_vm_talks_to_the_peer_namespace_both_ways() {
     std::fs::create_dir_all(&www).expect("www dir");
     std::fs::write(www.join("hello.txt"), "hello-from-the-peer\n").expect("hello.txt");
     let httpd = net.peer_httpd(&www, 8080);
+    let httpd6 = net.peer_httpd_on(PEER_IP6, &www, 8082);
     // /etc/resolv.conf and /etc/hosts come in as bind mounts, as CRI/podman give them.
     let etc = env.dir().join("etc");
     std::fs::create_dir_all(&etc).expect("etc dir");
     std::fs::write(etc.join("resolv.conf"), "nameserver 10.200.0.53\n").expect("resolv");
     std::fs::write(etc.join("hosts"), format!("{POD_IP} vmrun-pod\n")).expect("hosts");
 
-    let script = POD_SCRIPT.replace("PEER", PEER_IP);
+    let script = POD_SCRIPT
+        .replace("V6PEER", PEER_IP6)
+        .replace("PEER", PEER_IP);
     let mut opts = BundleOpts::new(&["sh", "-c", &script]);
     opts.pid_namespace = false;
     let pod_path = net.pod_path();
@@ -107,6 +116,17 @@ fn container_in_vm_talks_to_the_peer_namespace_both_ways() {
             .any(|l| l.contains(&format!("{POD_IP}/24"))),
         "{report}"
     );
+    assert!(
+        line("ADDR6 ")
+            .iter()
+            .any(|l| l.contains(&format!("{POD_IP6}/64"))),
+        "{report}"
+    );
+    let routes6 = line("ROUTE6 ").join("\n");
+    assert!(
+        routes6.contains(&format!("{EXTRA_ROUTE6} via {PEER_IP6} dev eth0")),
+        "{routes6}"
+    );
     let routes = line("ROUTE ").join("\n");
     assert!(
         routes.contains(&format!("default via {PEER_IP} dev eth0")),
@@ -132,9 +152,18 @@ fn container_in_vm_talks_to_the_peer_namespace_both_ways() {
         .peer_get(POD_IP, 8081, "/", Duration::from_secs(60))
         .expect("the peer could not reach the container's httpd");
     assert_eq!(got.trim(), "from-the-vm");
+    assert!(
+        report.contains("FETCHED6 hello-from-the-peer"),
+        "the container could not fetch from the peer over IPv6:\n{report}"
+    );
+    let got6 = net
+        .peer_get(POD_IP6, 8081, "/", Duration::from_secs(30))
+        .expect("the peer could not reach the container's httpd over IPv6");
+    assert_eq!(got6.trim(), "from-the-vm");
 
     // The peer's httpd serves from the test dir: stop it before the "nothing left" check.
     drop(httpd);
+    drop(httpd6);
     assert!(env.run(&["kill", "n1", "KILL"], T).status.success());
     let del = env.run(&["delete", "--force", "n1"], T);
     assert!(del.status.success(), "{}", text(&del.stderr));
