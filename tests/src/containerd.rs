@@ -263,6 +263,17 @@ impl Containerd {
             .collect()
     }
 
+    /// Pids of the hypervisors (QEMU or `vmrun-vmm`) of this test's pods.
+    pub fn hypervisor_pids(&self) -> Vec<i32> {
+        processes_mentioning(&self.shim_root())
+            .into_iter()
+            .filter(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                comm.starts_with("qemu") || comm.trim() == "vmrun-vmm"
+            })
+            .collect()
+    }
+
     /// Waits until no sandbox directory, VM process or mount of the shims is left.
     pub fn assert_nothing_left(&self, timeout: Duration) {
         let root = self.shim_root();
