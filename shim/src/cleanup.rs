@@ -159,12 +159,24 @@ pub fn unmount_all(dir: &Path) -> usize {
 /// and only the bundle's rootfs is unmounted; when it is gone or exiting (see the module
 /// docs), the sandbox's processes are killed and its state directory unmounted and removed as
 /// well.
-pub fn cleanup_bundle(bundle: &Path) {
+///
+/// Returns what did not go as usual, one line each: the `delete` action has no log of its own,
+/// and containerd logs what it writes to stderr as cleanup warnings.
+pub fn cleanup_bundle(bundle: &Path) -> Vec<String> {
+    let mut notes = Vec::new();
     let record = Record::load(bundle);
-    let shim_alive = record.as_ref().and_then(|r| r.shim).is_some_and(|s| {
-        s.liveness() == Liveness::Running && s.pid != nix::unistd::getpid().as_raw()
-    });
-    if let Some(r) = record.as_ref().filter(|_| !shim_alive) {
+    let live_shim = record
+        .as_ref()
+        .and_then(|r| r.shim)
+        .filter(|s| s.liveness() == Liveness::Running && s.pid != nix::unistd::getpid().as_raw());
+    if let (Some(s), Some(r)) = (live_shim, &record) {
+        notes.push(format!(
+            "shim {} still runs: its sandbox {} stays",
+            s.pid,
+            r.sandbox_dir.display()
+        ));
+    }
+    if let Some(r) = record.as_ref().filter(|_| live_shim.is_none()) {
         for p in &r.processes {
             if p.alive() {
                 // SAFETY: kill(2) on the process group the sandbox created for this process
@@ -176,15 +188,31 @@ pub fn cleanup_bundle(bundle: &Path) {
         while r.processes.iter().any(ProcessRef::alive) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        unmount_all(&r.sandbox_dir);
+        let survivors: Vec<i32> = r
+            .processes
+            .iter()
+            .filter(|p| p.alive())
+            .map(|p| p.pid)
+            .collect();
+        if !survivors.is_empty() {
+            notes.push(format!("sandbox processes {survivors:?} outlived SIGKILL"));
+        }
+        notes.extend(unmount_noted(&r.sandbox_dir));
         if r.sandbox_dir.is_dir() && mounts_under(&r.sandbox_dir).is_empty() {
             if let Err(e) = std::fs::remove_dir_all(&r.sandbox_dir) {
-                log::warn!("cannot remove {}: {e}", r.sandbox_dir.display());
+                notes.push(format!("cannot remove {}: {e}", r.sandbox_dir.display()));
             }
         }
     }
-    unmount_all(&bundle.join("rootfs"));
+    notes.extend(unmount_noted(&bundle.join("rootfs")));
     let _ = std::fs::remove_file(bundle.join(RECORD_FILE));
+    notes
+}
+
+/// [`unmount_all`], with a note if a mount could not be detached.
+fn unmount_noted(dir: &Path) -> Option<String> {
+    let failed = unmount_all(dir);
+    (failed > 0).then(|| format!("{failed} mount(s) under {} stay", dir.display()))
 }
 
 #[cfg(test)]
@@ -206,7 +234,7 @@ mod tests {
         };
         r.save(&dir).expect("save");
         assert_eq!(Record::load(&dir), Some(r));
-        cleanup_bundle(&dir);
+        assert_eq!(cleanup_bundle(&dir), Vec::<String>::new());
         assert!(!sb.exists(), "a dead shim's sandbox directory is removed");
         assert!(Record::load(&dir).is_none());
         std::fs::remove_dir_all(&dir).expect("rm");
@@ -306,8 +334,9 @@ mod tests {
             if ProcStat::read(pid).is_some_and(|s| !s.dead()) {
                 exiting += 1;
             }
-            cleanup_bundle(&dir);
+            let notes = cleanup_bundle(&dir);
             if sb.exists() {
+                println!("kept: {notes:?}");
                 kept += 1;
             }
             child.wait().expect("wait");
@@ -333,7 +362,8 @@ mod tests {
         }
         .save(&dir)
         .expect("save");
-        cleanup_bundle(&dir);
+        let notes = cleanup_bundle(&dir);
+        assert!(notes[0].starts_with("shim 1 still runs"), "{notes:?}");
         assert!(sb.exists());
         std::fs::remove_dir_all(&dir).expect("rm");
     }
