@@ -23,6 +23,11 @@ use vmrun_runtime::virtiofs::mounts_under;
 /// File name of the record in the bundle.
 pub const RECORD_FILE: &str = "vmrun-shim.json";
 
+/// How long `delete` waits for the killed sandbox processes before removing the state
+/// directory: well inside containerd's cleanup timeout (`io.containerd.timeout.shim.cleanup`,
+/// 5 s), after which containerd kills `delete`.
+const PROCESS_EXIT_WAIT: Duration = Duration::from_secs(3);
+
 /// `PF_EXITING` of the kernel's task flags (`/proc/<pid>/stat` field 9): the task has begun
 /// to exit (set at the start of `do_exit`, before its files are closed).
 const PF_EXITING: u64 = 0x4;
@@ -165,14 +170,20 @@ pub fn unmount_all(dir: &Path) -> usize {
 pub fn cleanup_bundle(bundle: &Path) -> Vec<String> {
     let mut notes = Vec::new();
     let record = Record::load(bundle);
-    let live_shim = record
+    let shim = record
         .as_ref()
         .and_then(|r| r.shim)
-        .filter(|s| s.liveness() == Liveness::Running && s.pid != nix::unistd::getpid().as_raw());
-    if let (Some(s), Some(r)) = (live_shim, &record) {
+        .filter(|s| s.pid != nix::unistd::getpid().as_raw())
+        .map(|s| (s.pid, s.liveness()));
+    let live_shim = shim.filter(|(_, l)| *l == Liveness::Running);
+    if let Some((pid, Liveness::Exiting)) = shim {
         notes.push(format!(
-            "shim {} still runs: its sandbox {} stays",
-            s.pid,
+            "shim {pid} was still exiting: its sandbox is removed"
+        ));
+    }
+    if let (Some((pid, _)), Some(r)) = (live_shim, &record) {
+        notes.push(format!(
+            "shim {pid} still runs: its sandbox {} stays",
             r.sandbox_dir.display()
         ));
     }
@@ -184,7 +195,11 @@ pub fn cleanup_bundle(bundle: &Path) -> Vec<String> {
                 unsafe { libc::kill(-p.pid, libc::SIGKILL) };
             }
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Mounts first: detaching does not need the processes gone, and containerd kills
+        // `delete` after its cleanup timeout; what must not leak is done by then.
+        notes.extend(unmount_noted(&r.sandbox_dir));
+        notes.extend(unmount_noted(&bundle.join("rootfs")));
+        let deadline = std::time::Instant::now() + PROCESS_EXIT_WAIT;
         while r.processes.iter().any(ProcessRef::alive) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -195,9 +210,10 @@ pub fn cleanup_bundle(bundle: &Path) -> Vec<String> {
             .map(|p| p.pid)
             .collect();
         if !survivors.is_empty() {
-            notes.push(format!("sandbox processes {survivors:?} outlived SIGKILL"));
+            notes.push(format!(
+                "sandbox processes {survivors:?} outlived SIGKILL for {PROCESS_EXIT_WAIT:?}"
+            ));
         }
-        notes.extend(unmount_noted(&r.sandbox_dir));
         if r.sandbox_dir.is_dir() && mounts_under(&r.sandbox_dir).is_empty() {
             if let Err(e) = std::fs::remove_dir_all(&r.sandbox_dir) {
                 notes.push(format!("cannot remove {}: {e}", r.sandbox_dir.display()));
@@ -290,13 +306,14 @@ mod tests {
     }
 
     /// containerd's sequence: the shim is SIGKILLed, containerd sees its connection close and
-    /// runs `delete` at once. The shim may not be a zombie yet (here in about one round in ten);
-    /// it must count as gone, and its sandbox must be removed. With a check that took any
-    /// non-zombie for a live shim, every such round kept the sandbox.
+    /// runs `delete` at once. The shim may not be a zombie yet (here in one round in a hundred
+    /// to one in ten, depending on the load); it must count as gone, and its sandbox must be
+    /// removed. With a check that took any non-zombie for a live shim, every such round kept
+    /// the sandbox.
     #[test]
     fn killed_shim_is_gone_when_its_connection_closes() {
         use std::io::{BufRead, Read};
-        const ROUNDS: usize = 100;
+        const ROUNDS: usize = 300;
         let dir = std::env::temp_dir().join(format!("vmrun-shim-dying-{}", std::process::id()));
         let sb = dir.join("sandbox");
         let exe = std::env::current_exe().expect("test binary");
@@ -331,10 +348,10 @@ mod tests {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             let mut rest = Vec::new();
             out.read_to_end(&mut rest).expect("read to EOF");
-            if ProcStat::read(pid).is_some_and(|s| !s.dead()) {
+            let notes = cleanup_bundle(&dir);
+            if notes.iter().any(|n| n.contains("was still exiting")) {
                 exiting += 1;
             }
-            let notes = cleanup_bundle(&dir);
             if sb.exists() {
                 println!("kept: {notes:?}");
                 kept += 1;
@@ -347,6 +364,62 @@ mod tests {
             kept, 0,
             "a killed shim's sandbox was kept in {kept} of {ROUNDS} rounds"
         );
+    }
+
+    /// A sandbox process that does not die (here: not the leader of the process group that
+    /// `delete` kills) must not hold the mounts up: they are detached at once, before the wait.
+    #[test]
+    fn mounts_go_before_the_wait_for_processes() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("skipped: mounting needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("vmrun-shim-order-{}", std::process::id()));
+        let mnt = dir.join("sandbox/shared");
+        std::fs::create_dir_all(&mnt).expect("mkdir");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount a tmpfs");
+        let mut stray = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let stray_ref = ProcessRef::of(i32::try_from(stray.id()).expect("pid")).expect("alive");
+        Record {
+            shim: None,
+            sandbox_dir: dir.join("sandbox"),
+            processes: vec![stray_ref],
+        }
+        .save(&dir)
+        .expect("save");
+        let watched = mnt.clone();
+        let start = std::time::Instant::now();
+        let watcher = std::thread::spawn(move || {
+            while mounts_under(&watched).contains(&watched) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            start.elapsed()
+        });
+        let notes = cleanup_bundle(&dir);
+        let took = start.elapsed();
+        let unmounted_after = watcher.join().expect("watcher");
+        stray.kill().expect("kill sleep");
+        stray.wait().expect("wait sleep");
+        assert!(took >= PROCESS_EXIT_WAIT, "cleanup did not wait: {took:?}");
+        assert!(
+            unmounted_after < Duration::from_secs(1),
+            "the mount went only after {unmounted_after:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("outlived SIGKILL")),
+            "{notes:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -238,9 +238,14 @@ impl Containerd {
         &self.sock
     }
 
+    /// The whole containerd log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.env.dir().join("containerd.log")).unwrap_or_default()
+    }
+
     /// The containerd log (for failure messages).
     pub fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(self.env.dir().join("containerd.log")).unwrap_or_default();
+        let t = self.log();
         let lines: Vec<&str> = t.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }

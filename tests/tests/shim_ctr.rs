@@ -293,6 +293,11 @@ fn ctr_shim_killed_then_cleaned_up() {
     // The shim's `delete`, run by containerd when the shim's connection closed, removed the
     // sandbox: the shim may still have been exiting then, and must not count as alive.
     c.assert_nothing_left(Duration::from_secs(60));
+    // What the shim's `delete` told containerd (e.g. that the shim was still exiting).
+    let log = c.log();
+    for line in log.lines().filter(|l| l.contains("cleanup warnings")) {
+        println!("containerd log: {line}");
+    }
     let _ = c.ctr(&["task", "delete", "k0"]);
     assert!(c.ctr(&["container", "delete", "k0"]).status.success());
     c.assert_nothing_left(Duration::from_secs(60));
