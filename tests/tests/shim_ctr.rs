@@ -72,6 +72,13 @@ fn wait_task_status(c: &Containerd, id: &str, want: &str, timeout: Duration) {
     }
 }
 
+/// `ctr run -d` of `sleep 300` as `id`, running.
+fn run_detached(c: &Containerd, image: &str, id: &str) {
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, image, id, "sleep", "300"]);
+    assert!(out.status.success(), "run -d {id}: {}", text(&out.stderr));
+    wait_task_status(c, id, "RUNNING", Duration::from_secs(60));
+}
+
 #[test]
 fn ctr_run_exec_pause_metrics_kill() {
     if !require_cli_artifacts("shim_ctr_run_exec_pause_metrics_kill") {
@@ -106,18 +113,7 @@ fn ctr_run_exec_pause_metrics_kill() {
     println!("guest kernel {guest} (host {})", host_kernel());
 
     // A long-running task: exec, ps, pause/resume, metrics, kill.
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        image,
-        "t2",
-        "sleep",
-        "300",
-    ]);
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    wait_task_status(&c, "t2", "RUNNING", Duration::from_secs(60));
+    run_detached(&c, image, "t2");
     print_pod_memory(&c);
     let out = c.ctr(&[
         "task",
@@ -250,18 +246,7 @@ fn ctr_shim_killed_then_cleaned_up() {
     let image = c.import_busybox();
 
     // containerd restarted: the shim keeps running and containerd reconnects.
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        image,
-        "k0",
-        "sleep",
-        "300",
-    ]);
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    wait_task_status(&c, "k0", "RUNNING", Duration::from_secs(60));
+    run_detached(&c, image, "k0");
     c.restart();
     wait_task_status(&c, "k0", "RUNNING", Duration::from_secs(30));
     let out = c.ctr(&[
@@ -329,19 +314,8 @@ fn ctr_vm_killed_under_running_tasks() {
     let image = c.import_busybox();
     // Two pods: one attached (its Wait), one detached (its state and delete).
     let attached = run_attached(&c, image, "w0");
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        image,
-        "d0",
-        "sleep",
-        "300",
-    ]);
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    run_detached(&c, image, "d0");
     wait_task_status(&c, "w0", "RUNNING", Duration::from_secs(60));
-    wait_task_status(&c, "d0", "RUNNING", Duration::from_secs(60));
     let vms = c.hypervisor_pids();
     assert_eq!(vms.len(), 2, "two VMs expected: {vms:?}");
     for pid in vms {
