@@ -218,3 +218,19 @@ pub fn relay(
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_drops_stderr() {
+        let f = Fifos::new("i", "o", "e", false);
+        assert_eq!(
+            (f.stdin.as_str(), f.stdout.as_str(), f.stderr.as_str()),
+            ("i", "o", "e")
+        );
+        let t = Fifos::new("i", "o", "e", true);
+        assert!(t.terminal && t.stderr.is_empty() && t.stdout == "o");
+    }
+}
