@@ -31,6 +31,22 @@ pub struct Fifos {
     pub terminal: bool,
 }
 
+impl Fifos {
+    /// The FIFOs of a request; with a terminal, stderr is dropped (the pty carries both).
+    pub fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
+        Self {
+            stdin: stdin.to_owned(),
+            stdout: stdout.to_owned(),
+            stderr: if terminal {
+                String::new()
+            } else {
+                stderr.to_owned()
+            },
+            terminal,
+        }
+    }
+}
+
 /// The guest streams of one process, opened before the process is created.
 #[derive(Debug)]
 pub enum GuestStreams {
@@ -201,4 +217,20 @@ pub fn relay(
         }
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_drops_stderr() {
+        let f = Fifos::new("i", "o", "e", false);
+        assert_eq!(
+            (f.stdin.as_str(), f.stdout.as_str(), f.stderr.as_str()),
+            ("i", "o", "e")
+        );
+        let t = Fifos::new("i", "o", "e", true);
+        assert!(t.terminal && t.stderr.is_empty() && t.stdout == "o");
+    }
 }

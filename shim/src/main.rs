@@ -139,7 +139,10 @@ impl Shim for VmrunShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        cleanup::cleanup_bundle(&self.bundle);
+        // containerd logs the stderr of `delete` as cleanup warnings.
+        for note in cleanup::cleanup_bundle(&self.bundle) {
+            eprintln!("{RUNTIME_ID}: {}/{}: {note}", self.namespace, self.id);
+        }
         let mut resp = DeleteResponse::new();
         resp.exit_status = 137;
         resp.exited_at = containerd_shim_protos::protobuf::MessageField::some(service::now());

@@ -12,6 +12,7 @@
 //! stops the VM and ends the shim.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,14 @@ pub fn now() -> Timestamp {
 
 fn slow_ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(i64::try_from(SLOW_RPC.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// The agent's request naming container `id`.
+fn container_request(id: &str) -> agent::ContainerRequest {
+    agent::ContainerRequest {
+        container_id: id.to_owned(),
+        ..Default::default()
+    }
 }
 
 /// How a process ended.
@@ -353,6 +362,34 @@ impl Service {
             ));
         }
         Ok((vm.agent.clone(), Arc::clone(&vm.sandbox)))
+    }
+
+    /// One call of the pod VM's agent: `call` gets the agent, and an error of the call becomes
+    /// `method: message` with the agent's status code kept (NOT_FOUND stays NOT_FOUND for
+    /// containerd).
+    async fn call_agent<T, F, Fut>(&self, method: &str, call: F) -> TtrpcResult<T>
+    where
+        F: FnOnce(AgentClient) -> Fut,
+        Fut: Future<Output = TtrpcResult<T>>,
+    {
+        let (agent, _) = self.vm().await?;
+        call(agent).await.map_err(|e| agent_err(method, e))
+    }
+
+    /// [`Service::call_agent`] on behalf of the process `id`/`exec_id`, which must exist.
+    async fn call_for<T, F, Fut>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        method: &str,
+        call: F,
+    ) -> TtrpcResult<T>
+    where
+        F: FnOnce(AgentClient) -> Fut,
+        Fut: Future<Output = TtrpcResult<T>>,
+    {
+        self.process(id, exec_id)?;
+        self.call_agent(method, call).await
     }
 
     /// Boots the pod's VM for its first container.
@@ -697,16 +734,7 @@ impl Service {
         };
         pod::guest_namespaces(spec, sandbox_pid);
 
-        let fifos = Fifos {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: if req.terminal {
-                String::new()
-            } else {
-                req.stderr.clone()
-            },
-            terminal: req.terminal,
-        };
+        let fifos = Fifos::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         if let Some(p) = spec.get_mut("process").and_then(Value::as_object_mut) {
             p.insert("terminal".into(), Value::Bool(req.terminal));
         }
@@ -851,21 +879,6 @@ impl Service {
         self.publish("/tasks/exec-started", Box::new(e)).await;
         Ok(resp.pid)
     }
-
-    async fn container_call(&self, id: &str, method: &'static str) -> TtrpcResult<Vec<u32>> {
-        self.process(id, "")?;
-        let (agent, _) = self.vm().await?;
-        let mut req = agent::ContainerRequest::new();
-        req.container_id = id.to_owned();
-        let svc = agent.service();
-        let ctx = agent.context();
-        match method {
-            "PauseContainer" => svc.pause_container(ctx, &req).await.map(|_| Vec::new()),
-            "ResumeContainer" => svc.resume_container(ctx, &req).await.map(|_| Vec::new()),
-            _ => svc.list_processes(ctx, &req).await.map(|r| r.pids),
-        }
-        .map_err(|e| agent_err(method, e))
-    }
 }
 
 #[async_trait]
@@ -910,14 +923,11 @@ impl Task for Service {
             ));
         }
         let pid = if req.exec_id.is_empty() {
-            let (agent, _) = self.vm().await?;
-            let mut r = agent::ContainerRequest::new();
-            r.container_id = req.id.clone();
-            agent
-                .service()
-                .start_container(slow_ctx(), &r)
-                .await
-                .map_err(|e| agent_err("StartContainer", e))?;
+            let r = container_request(&req.id);
+            self.call_agent("StartContainer", |a| async move {
+                a.service().start_container(slow_ctx(), &r).await
+            })
+            .await?;
             p.set_state(PState::Running);
             let mut e = TaskStart::new();
             e.container_id = req.id.clone();
@@ -945,9 +955,15 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let pids = self.container_call(&req.id, "ListProcesses").await?;
+        let r = container_request(&req.id);
+        let listed = self
+            .call_for(&req.id, "", "ListProcesses", |a| async move {
+                a.service().list_processes(a.context(), &r).await
+            })
+            .await?;
         let mut resp = api::PidsResponse::new();
-        resp.processes = pids
+        resp.processes = listed
+            .pids
             .into_iter()
             .map(|pid| containerd_shim_protos::types::task::ProcessInfo {
                 pid,
@@ -958,7 +974,11 @@ impl Task for Service {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        self.container_call(&req.id, "PauseContainer").await?;
+        let r = container_request(&req.id);
+        self.call_for(&req.id, "", "PauseContainer", |a| async move {
+            a.service().pause_container(a.context(), &r).await
+        })
+        .await?;
         self.process(&req.id, "")?.set_state(PState::Paused);
         let mut e = TaskPaused::new();
         e.container_id = req.id.clone();
@@ -971,7 +991,11 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        self.container_call(&req.id, "ResumeContainer").await?;
+        let r = container_request(&req.id);
+        self.call_for(&req.id, "", "ResumeContainer", |a| async move {
+            a.service().resume_container(a.context(), &r).await
+        })
+        .await?;
         self.process(&req.id, "")?.set_state(PState::Running);
         let mut e = TaskResumed::new();
         e.container_id = req.id.clone();
@@ -990,11 +1014,13 @@ impl Task for Service {
             Err(_) if req.all => return Ok(api::Empty::new()),
             Err(e) => return Err(e),
         };
-        let mut r = agent::SignalProcessRequest::new();
-        r.container_id = req.id.clone();
-        r.exec_id = req.exec_id.clone();
-        r.signal = req.signal;
-        r.all = req.all;
+        let r = agent::SignalProcessRequest {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            signal: req.signal,
+            all: req.all,
+            ..Default::default()
+        };
         match agent.service().signal_process(agent.context(), &r).await {
             Ok(_) => Ok(api::Empty::new()),
             // kill --all on a container whose processes are gone is not an error.
@@ -1034,16 +1060,7 @@ impl Task for Service {
         if let Some(o) = process.as_object_mut() {
             o.insert("terminal".into(), Value::Bool(req.terminal));
         }
-        let fifos = Fifos {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: if req.terminal {
-                String::new()
-            } else {
-                req.stderr.clone()
-            },
-            terminal: req.terminal,
-        };
+        let fifos = Fifos::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let spec = serde_json::to_vec(&process).map_err(|e| internal("encode", e))?;
         {
             let mut containers = self.containers();
@@ -1086,17 +1103,17 @@ impl Task for Service {
                 "the process has no terminal",
             ));
         }
-        let (agent, _) = self.vm().await?;
-        let mut r = agent::ResizeTtyRequest::new();
-        r.container_id = req.id.clone();
-        r.exec_id = req.exec_id.clone();
-        r.rows = req.height;
-        r.cols = req.width;
-        agent
-            .service()
-            .resize_tty(agent.context(), &r)
-            .await
-            .map_err(|e| agent_err("ResizeTty", e))?;
+        let r = agent::ResizeTtyRequest {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            rows: req.height,
+            cols: req.width,
+            ..Default::default()
+        };
+        self.call_agent("ResizeTty", |a| async move {
+            a.service().resize_tty(a.context(), &r).await
+        })
+        .await?;
         Ok(api::Empty::new())
     }
 
@@ -1110,15 +1127,15 @@ impl Task for Service {
             if let Some(r) = p.relays.lock().await.as_mut() {
                 r.stop_input();
             }
-            let (agent, _) = self.vm().await?;
-            let mut r = agent::CloseStdinRequest::new();
-            r.container_id = req.id.clone();
-            r.exec_id = req.exec_id.clone();
-            agent
-                .service()
-                .close_stdin(agent.context(), &r)
-                .await
-                .map_err(|e| agent_err("CloseStdin", e))?;
+            let r = agent::CloseStdinRequest {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            };
+            self.call_agent("CloseStdin", |a| async move {
+                a.service().close_stdin(a.context(), &r).await
+            })
+            .await?;
         }
         Ok(api::Empty::new())
     }
@@ -1136,15 +1153,15 @@ impl Task for Service {
             .ok_or_else(|| status_err(Code::INVALID_ARGUMENT, "update without resources"))?;
         serde_json::from_slice::<Value>(&resources)
             .map_err(|e| status_err(Code::INVALID_ARGUMENT, format!("resources: {e}")))?;
-        let (agent, _) = self.vm().await?;
-        let mut r = agent::UpdateContainerRequest::new();
-        r.container_id = req.id.clone();
-        r.resources = resources;
-        agent
-            .service()
-            .update_container(agent.context(), &r)
-            .await
-            .map_err(|e| agent_err("UpdateContainer", e))?;
+        let r = agent::UpdateContainerRequest {
+            container_id: req.id.clone(),
+            resources,
+            ..Default::default()
+        };
+        self.call_agent("UpdateContainer", |a| async move {
+            a.service().update_container(a.context(), &r).await
+        })
+        .await?;
         Ok(api::Empty::new())
     }
 
@@ -1205,15 +1222,12 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        self.process(&req.id, "")?;
-        let (agent, _) = self.vm().await?;
-        let mut r = agent::ContainerRequest::new();
-        r.container_id = req.id.clone();
-        let s = agent
-            .service()
-            .stats_container(agent.context(), &r)
-            .await
-            .map_err(|e| agent_err("StatsContainer", e))?;
+        let r = container_request(&req.id);
+        let s = self
+            .call_for(&req.id, "", "StatsContainer", |a| async move {
+                a.service().stats_container(a.context(), &r).await
+            })
+            .await?;
         let mut resp = api::StatsResponse::new();
         resp.stats =
             MessageField::some(crate::stats::metrics_any(&s).map_err(|e| internal("stats", e))?);

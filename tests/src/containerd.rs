@@ -238,9 +238,14 @@ impl Containerd {
         &self.sock
     }
 
+    /// The whole containerd log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.env.dir().join("containerd.log")).unwrap_or_default()
+    }
+
     /// The containerd log (for failure messages).
     pub fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(self.env.dir().join("containerd.log")).unwrap_or_default();
+        let t = self.log();
         let lines: Vec<&str> = t.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -259,6 +264,17 @@ impl Containerd {
                     && argv
                         .windows(2)
                         .any(|w| w[0] == b"-namespace" && w[1] == self.ns.as_bytes())
+            })
+            .collect()
+    }
+
+    /// Pids of the hypervisors (QEMU or `vmrun-vmm`) of this test's pods.
+    pub fn hypervisor_pids(&self) -> Vec<i32> {
+        processes_mentioning(&self.shim_root())
+            .into_iter()
+            .filter(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                comm.starts_with("qemu") || comm.trim() == "vmrun-vmm"
             })
             .collect()
     }

@@ -3,9 +3,10 @@
 
 //! `containerd-shim-vmrun-v2` driven by a real (private) containerd through `ctr`: output and
 //! exit codes, a terminal with resize, exec, ps, pause/resume, metrics, kill, concurrent
-//! containers, a shim killed under a running container, and nothing left behind.
+//! containers, a shim killed under a running container, VMs killed under running tasks
+//! (status 255), `kill -s 9` (status 137), and nothing left behind.
 
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use vmrun_tests::cli::{require_cli_artifacts, run_bounded, text};
@@ -71,6 +72,13 @@ fn wait_task_status(c: &Containerd, id: &str, want: &str, timeout: Duration) {
     }
 }
 
+/// `ctr run -d` of `sleep 300` as `id`, running.
+fn run_detached(c: &Containerd, image: &str, id: &str) {
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, image, id, "sleep", "300"]);
+    assert!(out.status.success(), "run -d {id}: {}", text(&out.stderr));
+    wait_task_status(c, id, "RUNNING", Duration::from_secs(60));
+}
+
 #[test]
 fn ctr_run_exec_pause_metrics_kill() {
     if !require_cli_artifacts("shim_ctr_run_exec_pause_metrics_kill") {
@@ -105,18 +113,7 @@ fn ctr_run_exec_pause_metrics_kill() {
     println!("guest kernel {guest} (host {})", host_kernel());
 
     // A long-running task: exec, ps, pause/resume, metrics, kill.
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        image,
-        "t2",
-        "sleep",
-        "300",
-    ]);
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    wait_task_status(&c, "t2", "RUNNING", Duration::from_secs(60));
+    run_detached(&c, image, "t2");
     print_pod_memory(&c);
     let out = c.ctr(&[
         "task",
@@ -249,18 +246,7 @@ fn ctr_shim_killed_then_cleaned_up() {
     let image = c.import_busybox();
 
     // containerd restarted: the shim keeps running and containerd reconnects.
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        image,
-        "k0",
-        "sleep",
-        "300",
-    ]);
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    wait_task_status(&c, "k0", "RUNNING", Duration::from_secs(60));
+    run_detached(&c, image, "k0");
     c.restart();
     wait_task_status(&c, "k0", "RUNNING", Duration::from_secs(30));
     let out = c.ctr(&[
@@ -289,7 +275,104 @@ fn ctr_shim_killed_then_cleaned_up() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The shim's `delete`, run by containerd when the shim's connection closed, removed the
+    // sandbox: the shim may still have been exiting then, and must not count as alive.
+    c.assert_nothing_left(Duration::from_secs(60));
+    // What the shim's `delete` told containerd (e.g. that the shim was still exiting).
+    let log = c.log();
+    for line in log.lines().filter(|l| l.contains("cleanup warnings")) {
+        println!("containerd log: {line}");
+    }
     let _ = c.ctr(&["task", "delete", "k0"]);
     assert!(c.ctr(&["container", "delete", "k0"]).status.success());
+    c.assert_nothing_left(Duration::from_secs(60));
+}
+
+/// Starts `ctr run` (attached, no `--rm`) of `sleep 300` as `id` on a thread; its exit code is
+/// the status that the task's Wait returned.
+fn run_attached(c: &Containerd, image: &str, id: &str) -> std::thread::JoinHandle<Output> {
+    let cmd = c.ctr_command(&["run", "--runtime", RUNTIME, image, id, "sleep", "300"]);
+    std::thread::spawn(move || run_bounded(cmd, Duration::from_secs(300)))
+}
+
+/// The waiter of a task, if it is still there after `timeout`, failing the test.
+fn join_within(h: std::thread::JoinHandle<Output>, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while !h.is_finished() {
+        assert!(Instant::now() < deadline, "ctr run did not return");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    h.join().expect("ctr run thread")
+}
+
+#[test]
+fn ctr_vm_killed_under_running_tasks() {
+    if !require_cli_artifacts("shim_ctr_vm_killed_under_running_tasks") {
+        return;
+    }
+    let c = Containerd::start("shimvmdie");
+    let image = c.import_busybox();
+    // Two pods: one attached (its Wait), one detached (its state and delete).
+    let attached = run_attached(&c, image, "w0");
+    run_detached(&c, image, "d0");
+    wait_task_status(&c, "w0", "RUNNING", Duration::from_secs(60));
+    let vms = c.hypervisor_pids();
+    assert_eq!(vms.len(), 2, "two VMs expected: {vms:?}");
+    for pid in vms {
+        // SAFETY: kill(2) of a hypervisor of this test's pods (found under its shim root).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let out = join_within(attached, Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "Wait of a task whose VM died: stdout {} stderr {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        c.log_tail()
+    );
+    wait_task_status(&c, "d0", "STOPPED", Duration::from_secs(30));
+    // ctr 1.6 reports the deleted task's non-zero status as a warning.
+    let out = c.ctr(&["task", "delete", "d0"]);
+    assert!(out.status.success(), "task delete: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("exit code 255"),
+        "task delete: {}",
+        text(&out.stderr)
+    );
+    for id in ["w0", "d0"] {
+        assert!(c.ctr(&["container", "delete", id]).status.success());
+    }
+    c.assert_nothing_left(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.shim_pids().is_empty() {
+        assert!(Instant::now() < deadline, "shims left: {:?}", c.shim_pids());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn ctr_kill_9_exit_status_137() {
+    if !require_cli_artifacts("shim_ctr_kill_9_exit_status_137") {
+        return;
+    }
+    let c = Containerd::start("shimkill9");
+    let image = c.import_busybox();
+    let attached = run_attached(&c, image, "s9");
+    wait_task_status(&c, "s9", "RUNNING", Duration::from_secs(60));
+    let out = c.ctr(&["task", "kill", "-s", "9", "s9"]);
+    assert!(out.status.success(), "kill -s 9: {}", text(&out.stderr));
+    let out = join_within(attached, Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "Wait after SIGKILL: {}\n{}",
+        text(&out.stderr),
+        c.log_tail()
+    );
+    // A second kill: the task is gone; a clear error, nothing breaks.
+    let out = c.ctr(&["task", "kill", "-s", "9", "s9"]);
+    assert!(!out.status.success(), "kill of a deleted task succeeded");
+    assert!(c.ctr(&["container", "delete", "s9"]).status.success());
     c.assert_nothing_left(Duration::from_secs(60));
 }
