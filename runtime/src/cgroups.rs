@@ -201,8 +201,8 @@ fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
             "cgroup2" => Hierarchy {
                 name: "unified".to_owned(),
                 v2: true,
-                mount: PathBuf::from(unescape(mount)),
-                mount_root: PathBuf::from(unescape(root)),
+                mount: PathBuf::from(crate::virtiofs::unescape_mountinfo(mount)),
+                mount_root: PathBuf::from(crate::virtiofs::unescape_mountinfo(root)),
             },
             "cgroup" => {
                 let opts = r.get(2).copied().unwrap_or_default();
@@ -216,8 +216,8 @@ fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
                 Hierarchy {
                     name: controllers.join(","),
                     v2: false,
-                    mount: PathBuf::from(unescape(mount)),
-                    mount_root: PathBuf::from(unescape(root)),
+                    mount: PathBuf::from(crate::virtiofs::unescape_mountinfo(mount)),
+                    mount_root: PathBuf::from(crate::virtiofs::unescape_mountinfo(root)),
                 }
             }
             _ => continue,
@@ -227,26 +227,6 @@ fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
         }
     }
     out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = b[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |a, d| a * 8 + u32::from(d - b'0'));
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The process's cgroup in a hierarchy, from `/proc/<pid>/cgroup` text.
@@ -696,7 +676,7 @@ mod tests {
 
     #[test]
     fn unescapes_mountinfo() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape(r"/a\\"), r"/a\\");
+        assert_eq!(crate::virtiofs::unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(crate::virtiofs::unescape_mountinfo(r"/a\\"), r"/a\\");
     }
 }

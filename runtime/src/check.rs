@@ -377,7 +377,7 @@ async fn boot_test(
             items.push(item(
                 "boot",
                 CheckStatus::Fail,
-                error_chain(&e),
+                crate::monitor::chain(&e),
                 Some("see the console log named above"),
             ));
             return None;
@@ -391,8 +391,8 @@ async fn boot_test(
         result.kernel_release = v.kernel_release.clone();
     }
     let check = match sandbox.agent() {
-        Ok(client) => client.check().await.map_err(|e| error_chain(&e)),
-        Err(e) => Err(error_chain(&e)),
+        Ok(client) => client.check().await.map_err(|e| crate::monitor::chain(&e)),
+        Err(e) => Err(crate::monitor::chain(&e)),
     };
     match check {
         Ok(c) => {
@@ -413,7 +413,7 @@ async fn boot_test(
     }
     result.stop = match sandbox.shutdown(Duration::from_secs(5)).await {
         Ok(r) => r.exit.to_string(),
-        Err(e) => error_chain(&e),
+        Err(e) => crate::monitor::chain(&e),
     };
     if result.failed_self_checks.is_empty() {
         items.push(item(
@@ -434,18 +434,6 @@ async fn boot_test(
         ));
     }
     Some(result)
-}
-
-/// An error with its sources, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn tun_item() -> CheckItem {

@@ -39,6 +39,7 @@ use ttrpc::{Code, Error as TtrpcError};
 use vmrun_protocol::{agent, StdioStream};
 use vmrun_runtime::agent_client::AgentClient;
 use vmrun_runtime::config::Config;
+use vmrun_runtime::monitor::chain;
 use vmrun_runtime::sandbox::{Sandbox, SandboxConfig};
 use vmrun_runtime::virtiofs::SharedDir;
 
@@ -255,18 +256,6 @@ fn share_bind_mounts(
         m["source"] = Value::String(guest.to_string_lossy().into_owned());
     }
     Ok(())
-}
-
-/// An error with its causes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Mounts containerd's rootfs mounts on `<bundle>/rootfs` (as the runc shim does).

@@ -10,7 +10,7 @@ fn main() {
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let msg = error_chain(&e);
+            let msg = vmrun_runtime::monitor::chain(&e);
             // With --log the line goes to the log file (JSON with --log-format json), which
             // containerd's runc shim and conmon read back; stderr always gets the message too.
             if cli::log::logs_to_file() {
@@ -23,16 +23,4 @@ fn main() {
     };
     #[allow(clippy::exit)]
     std::process::exit(code);
-}
-
-/// `a: b: c` from an error and its sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::{json, Value};
-use vmrun_protocol::{agent, AGENT_PORT};
+use vmrun_protocol::agent;
 
 use super::CliError;
-use crate::agent_client::{AgentClient, DEFAULT_RPC_TIMEOUT};
+use crate::agent_client::AgentClient;
 use crate::monitor::{self, MonitorError};
 use crate::state::{StateStore, Status};
 
@@ -171,13 +171,7 @@ pub fn events(store: &StateStore, a: &EventsArgs) -> Result<(), CliError> {
 async fn stream(store: &StateStore, a: &EventsArgs, uds: &std::path::Path) -> Result<(), CliError> {
     let id = a.id.as_str();
     {
-        let conn = crate::vsock::connect(uds, AGENT_PORT, Duration::from_secs(10))
-            .await
-            .map_err(|e| MonitorError::Agent {
-                method: "connect",
-                message: format!("cannot reach the agent: {e}"),
-            })?;
-        let agent = AgentClient::new(conn, DEFAULT_RPC_TIMEOUT);
+        let agent = super::exec::connect_agent(uds).await?;
         if a.stats {
             print_event("stats", id, Some(stats(&agent, id).await?))?;
             return Ok(());

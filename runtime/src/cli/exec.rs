@@ -169,6 +169,17 @@ pub fn process_object(args: &ExecArgs, container_spec: &Value) -> Result<Value, 
     Ok(p)
 }
 
+/// The agent of a running sandbox, through its hybrid-vsock socket `uds`.
+pub(super) async fn connect_agent(uds: &Path) -> Result<AgentClient, MonitorError> {
+    let conn = crate::vsock::connect(uds, AGENT_PORT, Duration::from_secs(10))
+        .await
+        .map_err(|e| MonitorError::Agent {
+            method: "connect",
+            message: format!("cannot reach the agent: {e}"),
+        })?;
+    Ok(AgentClient::new(conn, DEFAULT_RPC_TIMEOUT))
+}
+
 fn new_exec_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -334,13 +345,7 @@ pub fn update_value(record: &crate::state::ContainerRecord, value: &Value) -> Re
     let uds = vsock_uds(record)?;
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let conn = crate::vsock::connect(&uds, AGENT_PORT, Duration::from_secs(10))
-            .await
-            .map_err(|e| MonitorError::Agent {
-                method: "connect",
-                message: format!("cannot reach the agent: {e}"),
-            })?;
-        let agent = AgentClient::new(conn, DEFAULT_RPC_TIMEOUT);
+        let agent = connect_agent(&uds).await?;
         let mut req = agent::UpdateContainerRequest::new();
         req.container_id = id.to_owned();
         req.resources = value.to_string().into_bytes();
@@ -414,13 +419,7 @@ async fn run_exec(
 ) -> Result<i32, MonitorError> {
     let terminal = process["terminal"].as_bool().unwrap_or(false);
     let started = async {
-        let conn = crate::vsock::connect(uds, AGENT_PORT, Duration::from_secs(10))
-            .await
-            .map_err(|e| MonitorError::Agent {
-                method: "connect",
-                message: format!("cannot reach the agent: {e}"),
-            })?;
-        let agent = AgentClient::new(conn, DEFAULT_RPC_TIMEOUT);
+        let agent = connect_agent(uds).await?;
         let host_pty = match (terminal, console_socket) {
             (true, Some(cs)) => Some(HostPty::create_and_send(cs, None, !foreground)?),
             _ => None,
