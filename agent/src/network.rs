@@ -26,7 +26,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use vmrun_netlink::{Mode, Netlink, NetlinkError};
+use vmrun_netlink::{is_link_local, Mode, Neighbour, Netlink, NetlinkError, Route};
 
 /// The main routing table.
 const RT_TABLE_MAIN: u8 = 254;
@@ -56,32 +56,6 @@ pub struct InterfaceConfig {
     pub addresses: Vec<(IpAddr, u8)>,
     /// MTU (0: keep).
     pub mtu: u32,
-}
-
-/// A validated route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConfig {
-    /// Destination; None for the default route.
-    pub destination: Option<(IpAddr, u8)>,
-    /// Gateway.
-    pub gateway: Option<IpAddr>,
-    /// Output device.
-    pub device: String,
-    /// Preferred source.
-    pub source: Option<IpAddr>,
-    /// RT_SCOPE_*.
-    pub scope: u8,
-}
-
-/// A validated neighbour.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NeighbourConfig {
-    /// IP.
-    pub address: IpAddr,
-    /// MAC.
-    pub mac: [u8; 6],
-    /// Device.
-    pub device: String,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -162,7 +136,7 @@ pub fn route_config(
     device: &str,
     source: &str,
     scope: u32,
-) -> Result<RouteConfig, NetError> {
+) -> Result<Route, NetError> {
     check_name(device)?;
     let destination = match destination {
         "" | "default" => None,
@@ -185,7 +159,7 @@ pub fn route_config(
         .transpose()?;
     let scope =
         u8::try_from(scope).map_err(|_| NetError::Invalid(format!("invalid scope {scope}")))?;
-    Ok(RouteConfig {
+    Ok(Route {
         destination,
         gateway,
         device: device.to_owned(),
@@ -195,13 +169,9 @@ pub fn route_config(
 }
 
 /// Validates one neighbour of AddArpNeighbors.
-pub fn neighbour_config(
-    address: &str,
-    hw_addr: &str,
-    device: &str,
-) -> Result<NeighbourConfig, NetError> {
+pub fn neighbour_config(address: &str, hw_addr: &str, device: &str) -> Result<Neighbour, NetError> {
     check_name(device)?;
-    Ok(NeighbourConfig {
+    Ok(Neighbour {
         address: parse_ip(address, "neighbour address")?,
         mac: parse_mac(hw_addr)?,
         device: device.to_owned(),
@@ -322,9 +292,10 @@ pub fn update_interface(cfg: &InterfaceConfig) -> Result<u32, NetError> {
         if a.header.index != index {
             continue;
         }
-        let link_local = a.attributes.iter().any(|x| {
-            matches!(x, AddressAttribute::Address(IpAddr::V6(v6)) if (v6.segments()[0] & 0xffc0) == 0xfe80)
-        });
+        let link_local = a
+            .attributes
+            .iter()
+            .any(|x| matches!(x, AddressAttribute::Address(ip) if is_link_local(ip)));
         if !link_local {
             nl.request(
                 "delete address",
@@ -362,7 +333,7 @@ fn route_addr(ip: &IpAddr) -> RouteAddress {
 }
 
 /// Replaces the main table's routes (all but the kernel's connected ones) with `routes`.
-pub fn update_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
+pub fn update_routes(routes: &[Route]) -> Result<(), NetError> {
     let mut nl = Netlink::open()?;
     let mut indexes = Vec::with_capacity(routes.len());
     for r in routes {
@@ -425,7 +396,7 @@ pub fn update_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
 }
 
 /// Adds permanent neighbour entries (replacing existing ones for the same address).
-pub fn add_neighbours(neighbours: &[NeighbourConfig]) -> Result<(), NetError> {
+pub fn add_neighbours(neighbours: &[Neighbour]) -> Result<(), NetError> {
     let mut nl = Netlink::open()?;
     for n in neighbours {
         let index = index_of(&mut nl, &n.device)?;

@@ -13,6 +13,42 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use std::net::IpAddr;
+
+/// A route of a main table: what the runtime reads from a pod's namespace and the agent
+/// writes in the guest (the kernel's connected routes are left to each side's kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination and prefix length; `None` for the default route.
+    pub destination: Option<(IpAddr, u8)>,
+    /// Gateway.
+    pub gateway: Option<IpAddr>,
+    /// Output interface name.
+    pub device: String,
+    /// Preferred source.
+    pub source: Option<IpAddr>,
+    /// `RT_SCOPE_*`.
+    pub scope: u8,
+}
+
+/// A permanent neighbour (ARP/NDP) entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The neighbour's IP.
+    pub address: IpAddr,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Interface name.
+    pub device: String,
+}
+
+/// Whether an address is IPv6 link-local (each side of a link makes its own).
+pub fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(_) => false,
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
 
 /// Errors from the netlink socket.
 #[derive(Debug, thiserror::Error)]

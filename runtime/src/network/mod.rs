@@ -47,7 +47,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use vmrun_protocol::agent;
 
 use crate::agent_client::{AgentClient, AgentError};
-use netlink::{Mode, Netlink, NetlinkError};
+use netlink::{is_link_local, Mode, Neighbour, Netlink, NetlinkError, Route};
 
 /// The main routing table.
 const RT_TABLE_MAIN: u8 = 254;
@@ -101,33 +101,6 @@ pub struct NetDevice {
     pub tap: Option<OwnedFd>,
 }
 
-/// A route of the pod namespace's main table (kernel-made connected routes left out: the guest
-/// kernel makes its own when the addresses are added).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodRoute {
-    /// Destination and prefix length; `None` for the default route.
-    pub destination: Option<(IpAddr, u8)>,
-    /// Gateway.
-    pub gateway: Option<IpAddr>,
-    /// Output interface name.
-    pub device: String,
-    /// Preferred source.
-    pub source: Option<IpAddr>,
-    /// `RT_SCOPE_*`.
-    pub scope: u8,
-}
-
-/// A permanent neighbour entry of the pod namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodNeighbour {
-    /// The neighbour's IP.
-    pub address: IpAddr,
-    /// Its MAC.
-    pub mac: [u8; 6],
-    /// Interface name.
-    pub device: String,
-}
-
 /// What a hypervisor needs for one virtio-net device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
@@ -145,8 +118,8 @@ pub struct PodNetwork {
     netns_path: PathBuf,
     netns: File,
     devices: Vec<NetDevice>,
-    routes: Vec<PodRoute>,
-    neighbours: Vec<PodNeighbour>,
+    routes: Vec<Route>,
+    neighbours: Vec<Neighbour>,
     torn_down: bool,
 }
 
@@ -156,14 +129,6 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// Whether an address is IPv6 link-local (each side makes its own).
-fn is_link_local(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(_) => false,
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -208,8 +173,8 @@ type Link = (u32, String, [u8; 6], u32, Vec<(IpAddr, u8)>);
 /// Everything read from the namespace before anything is changed.
 struct Inventory {
     links: Vec<Link>,
-    routes: Vec<PodRoute>,
-    neighbours: Vec<PodNeighbour>,
+    routes: Vec<Route>,
+    neighbours: Vec<Neighbour>,
 }
 
 fn inventory(nl: &mut Netlink) -> Result<Inventory, NetlinkError> {
@@ -285,7 +250,7 @@ fn inventory(nl: &mut Netlink) -> Result<Inventory, NetlinkError> {
         if dst.as_ref().is_some_and(is_link_local) {
             continue;
         }
-        routes.push(PodRoute {
+        routes.push(Route {
             destination: dst.map(|d| (d, h.destination_prefix_length)),
             gateway: gw,
             device,
@@ -325,7 +290,7 @@ fn inventory(nl: &mut Netlink) -> Result<Inventory, NetlinkError> {
             }
         }
         if let (Some(address), Some(mac)) = (ip, mac) {
-            neighbours.push(PodNeighbour {
+            neighbours.push(Neighbour {
                 address,
                 mac,
                 device,
@@ -497,12 +462,12 @@ impl PodNetwork {
     }
 
     /// The routes handed to the guest.
-    pub fn routes(&self) -> &[PodRoute] {
+    pub fn routes(&self) -> &[Route] {
         &self.routes
     }
 
     /// The permanent neighbours handed to the guest.
-    pub fn neighbours(&self) -> &[PodNeighbour] {
+    pub fn neighbours(&self) -> &[Neighbour] {
         &self.neighbours
     }
 
@@ -576,7 +541,7 @@ impl PodNetwork {
     /// The agent's view of the routes, link-scope ones first (gateways must be reachable when
     /// the routes through them are added).
     pub fn agent_routes(&self) -> Vec<agent::Route> {
-        let mut routes: Vec<&PodRoute> = self.routes.iter().collect();
+        let mut routes: Vec<&Route> = self.routes.iter().collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.scope));
         routes
             .into_iter()
