@@ -186,21 +186,6 @@ fn family(ip: &IpAddr) -> AddressFamily {
     }
 }
 
-fn links(nl: &mut Netlink) -> Result<Vec<LinkMessage>, NetlinkError> {
-    Ok(nl
-        .request(
-            "list links",
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            Mode::Dump,
-        )?
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(l),
-            _ => None,
-        })
-        .collect())
-}
-
 fn link_name(l: &LinkMessage) -> Option<&str> {
     l.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.as_str()),
@@ -209,7 +194,7 @@ fn link_name(l: &LinkMessage) -> Option<&str> {
 }
 
 fn index_of(nl: &mut Netlink, name: &str) -> Result<u32, NetError> {
-    links(nl)?
+    nl.links()?
         .iter()
         .find(|l| link_name(l) == Some(name))
         .map(|l| l.header.index)
@@ -242,7 +227,7 @@ fn set_link(
 /// Applies an interface configuration; returns the device's index.
 pub fn update_interface(cfg: &InterfaceConfig) -> Result<u32, NetError> {
     let mut nl = Netlink::open()?;
-    let all = links(&mut nl)?;
+    let all = nl.links()?;
     // Loopback up: containers in the pod namespace talk to each other over it.
     if let Some(lo) = all
         .iter()
@@ -281,14 +266,7 @@ pub fn update_interface(cfg: &InterfaceConfig) -> Result<u32, NetError> {
         set_link(&mut nl, index, None, vec![LinkAttribute::Mtu(cfg.mtu)])?;
     }
     // Replace the addresses (IPv6 link-local ones are the kernel's).
-    for m in nl.request(
-        "list addresses",
-        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-        Mode::Dump,
-    )? {
-        let RouteNetlinkMessage::NewAddress(a) = m else {
-            continue;
-        };
+    for a in nl.addresses()? {
         if a.header.index != index {
             continue;
         }
@@ -339,14 +317,7 @@ pub fn update_routes(routes: &[Route]) -> Result<(), NetError> {
     for r in routes {
         indexes.push(index_of(&mut nl, &r.device)?);
     }
-    for m in nl.request(
-        "list routes",
-        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
-        Mode::Dump,
-    )? {
-        let RouteNetlinkMessage::NewRoute(r) = m else {
-            continue;
-        };
+    for r in nl.routes()? {
         if r.header.table == RT_TABLE_MAIN
             && r.header.protocol != RouteProtocol::Kernel
             && r.header.kind == RouteType::Unicast

@@ -11,6 +11,10 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::neighbour::NeighbourMessage;
+use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::net::IpAddr;
@@ -105,6 +109,56 @@ pub struct Netlink {
 }
 
 impl Netlink {
+    /// Every link of the namespace.
+    pub fn links(&mut self) -> Result<Vec<LinkMessage>, NetlinkError> {
+        let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        self.dump("list links", req, |m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        })
+    }
+
+    /// Every address of every link.
+    pub fn addresses(&mut self) -> Result<Vec<AddressMessage>, NetlinkError> {
+        let req = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        self.dump("list addresses", req, |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// Every route of every table.
+    pub fn routes(&mut self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let req = RouteNetlinkMessage::GetRoute(RouteMessage::default());
+        self.dump("list routes", req, |m| match m {
+            RouteNetlinkMessage::NewRoute(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// Every neighbour entry.
+    pub fn neighbours(&mut self) -> Result<Vec<NeighbourMessage>, NetlinkError> {
+        let req = RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default());
+        self.dump("list neighbours", req, |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// A dump request's answers of the kind `pick` keeps.
+    fn dump<T>(
+        &mut self,
+        what: &str,
+        request: RouteNetlinkMessage,
+        pick: fn(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        Ok(self
+            .request(what, request, Mode::Dump)?
+            .into_iter()
+            .filter_map(pick)
+            .collect())
+    }
+
     /// Opens and binds the socket.
     pub fn open() -> Result<Self, NetlinkError> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;

@@ -33,16 +33,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
 };
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
-};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
 use netlink_packet_route::RouteNetlinkMessage;
 use vmrun_protocol::agent;
 
@@ -179,25 +175,12 @@ struct Inventory {
 
 fn inventory(nl: &mut Netlink) -> Result<Inventory, NetlinkError> {
     let mut links = Vec::new();
-    for m in nl.request(
-        "list links",
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        Mode::Dump,
-    )? {
-        if let RouteNetlinkMessage::NewLink(l) = m {
-            if let Some((idx, name, mac, mtu)) = candidate(&l) {
-                links.push((idx, name, mac, mtu, Vec::new()));
-            }
+    for l in nl.links()? {
+        if let Some((idx, name, mac, mtu)) = candidate(&l) {
+            links.push((idx, name, mac, mtu, Vec::new()));
         }
     }
-    for m in nl.request(
-        "list addresses",
-        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-        Mode::Dump,
-    )? {
-        let RouteNetlinkMessage::NewAddress(a) = m else {
-            continue;
-        };
+    for a in nl.addresses()? {
         let Some(link) = links.iter_mut().find(|l| l.0 == a.header.index) else {
             continue;
         };
@@ -216,14 +199,7 @@ fn inventory(nl: &mut Netlink) -> Result<Inventory, NetlinkError> {
     }
     let name_of = |idx: u32| links.iter().find(|l| l.0 == idx).map(|l| l.1.clone());
     let mut routes = Vec::new();
-    for m in nl.request(
-        "list routes",
-        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
-        Mode::Dump,
-    )? {
-        let RouteNetlinkMessage::NewRoute(r) = m else {
-            continue;
-        };
+    for r in nl.routes()? {
         let h = &r.header;
         if h.table != RT_TABLE_MAIN
             || h.protocol == RouteProtocol::Kernel
@@ -259,14 +235,7 @@ fn inventory(nl: &mut Netlink) -> Result<Inventory, NetlinkError> {
         });
     }
     let mut neighbours = Vec::new();
-    for m in nl.request(
-        "list neighbours",
-        RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
-        Mode::Dump,
-    )? {
-        let RouteNetlinkMessage::NewNeighbour(n) = m else {
-            continue;
-        };
+    for n in nl.neighbours()? {
         if n.header.state != NeighbourState::Permanent {
             continue;
         }
