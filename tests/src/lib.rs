@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub mod cli;
 pub mod containerd;
 pub mod net;
+pub mod podman;
 pub mod sandbox;
 pub mod vmm;
 

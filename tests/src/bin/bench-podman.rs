@@ -10,44 +10,22 @@
 //! usage: bench-podman [RUNS]   (the `vmrun` binary next to this one or $VMRUN_BIN; guest artifacts from
 //! VMRUN_ARTIFACTS; runc at /usr/sbin/runc)
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use vmrun_tests::cli::{busybox_image, text, CliEnv};
+use vmrun_tests::cli::{text, CliEnv};
+use vmrun_tests::podman::{Podman, IMAGE};
 
-const IMAGE: &str = "docker.io/library/vmrunbox:local";
-
-struct Podman<'a> {
-    env: &'a CliEnv,
-}
-
-impl Podman<'_> {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let d = self.env.dir();
-        let mut cmd = Command::new("podman");
-        cmd.env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("p-root"))
-            .arg("--runroot")
-            .arg(d.join("p-run"))
-            .arg("--tmpdir")
-            .arg(d.join("p-tmp"))
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
+/// `podman <args>`, failing with its stderr.
+fn podman(p: &Podman<'_>, args: &[&str]) -> Result<std::process::Output> {
+    let out = p
+        .cmd(args)
+        .output()
+        .with_context(|| format!("podman {args:?}"))?;
+    if !out.status.success() {
+        bail!("podman {args:?}: {}", text(&out.stderr));
     }
-
-    fn run(&self, args: &[&str]) -> Result<std::process::Output> {
-        let out = self
-            .cmd(args)
-            .output()
-            .with_context(|| format!("podman {args:?}"))?;
-        if !out.status.success() {
-            bail!("podman {args:?}: {}", text(&out.stderr));
-        }
-        Ok(out)
-    }
+    Ok(out)
 }
 
 /// `$VMRUN_BIN`, else the `vmrun` next to this binary.
@@ -66,51 +44,21 @@ fn vmrun_bin() -> Result<std::path::PathBuf> {
     Ok(bin)
 }
 
-fn setup(env: &CliEnv) -> Result<Podman<'_>> {
-    let d = env.dir();
-    let wrapper = d.join("vmrun-wrapper");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexport VMRUN_CONFIG={}\nexec {} --root {} \"$@\"\n",
-            d.join("config.toml").display(),
-            vmrun_bin()?.display(),
-            env.root().display()
-        ),
-    )?;
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    std::fs::write(
-        d.join("containers.conf"),
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
-             netns = \"none\"\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             runtime = \"runc\"\nruntime_supports_json = [\"vmrun\", \"runc\"]\n\
-             runtime_supports_kvm = [\"vmrun\"]\n[engine.runtimes]\nvmrun = [\"{}\"]\n\
-             runc = [\"/usr/sbin/runc\"]\n",
-            wrapper.display()
-        ),
-    )?;
-    let tar = busybox_image(&d.join("img"));
-    let p = Podman { env };
-    p.run(&["load", "-i", &tar.to_string_lossy()])?;
-    Ok(p)
-}
-
 fn time_run(p: &Podman<'_>, runtime: &str) -> Result<Duration> {
     let t = Instant::now();
-    p.run(&[
-        "--runtime",
-        runtime,
-        "run",
-        "--rm",
-        "--security-opt",
-        "seccomp=unconfined",
-        IMAGE,
-        "true",
-    ])?;
+    podman(
+        p,
+        &[
+            "--runtime",
+            runtime,
+            "run",
+            "--rm",
+            "--security-opt",
+            "seccomp=unconfined",
+            IMAGE,
+            "true",
+        ],
+    )?;
     Ok(t.elapsed())
 }
 
@@ -127,7 +75,7 @@ fn main() -> Result<()> {
         bail!("RUNS must be at least 1");
     }
     let env = CliEnv::new("bench-podman");
-    let p = setup(&env)?;
+    let p = Podman::setup(&env, &vmrun_bin()?, "runc").map_err(anyhow::Error::msg)?;
     // One untimed run each: image layers mounted once, caches warm.
     time_run(&p, "runc")?;
     time_run(&p, "vmrun")?;
